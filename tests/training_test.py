@@ -190,6 +190,25 @@ class OutputsTest(absltest.TestCase):
     again = training.train(config, workdir, **kwargs)
     self.assertEqual(first.summary["digest"], again.summary["digest"])
     self.assertEqual(first.summary["loss"], again.summary["loss"])
+    rows = training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    logged = [(row["step"], "loss" in row) for row in rows]
+    self.assertEqual(logged, [(10, True), (20, True), (30, True), (30, False)])
+
+  def test_fresh_restart_without_checkpoints_starts_a_new_metrics_file(self):
+    config = _config(eval_every=10)
+    workdir = tempfile.mkdtemp()
+    kwargs = dict(model=MODEL, objective=objectives.compose(objectives.cross_entropy()),
+                  optimizer=optax.adam(1e-2), dataset=DATASET)
+    training.train(config, workdir, **kwargs)
+    first = training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    training.train(config, workdir, **kwargs)
+    self.assertEqual(training.read_jsonl(os.path.join(workdir, "metrics.jsonl")), first)
+
+  def test_a_last_line_cut_short_is_dropped(self):
+    path = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
+    with open(path, "w") as handle:
+      handle.write('{"step": 10, "loss": 0.5}\n{"step": 20, "lo')
+    self.assertEqual(training.read_jsonl(path), [{"step": 10, "loss": 0.5}])
 
 
 class GuardsTest(absltest.TestCase):
@@ -203,7 +222,8 @@ class GuardsTest(absltest.TestCase):
     config = _config(checkpoint_every=10, steps_per_call=5)
     workdir = tempfile.mkdtemp()
     with self.assertRaisesRegex(training.NonFiniteLossError,
-                                r"step 13: term\(s\) \['explodes'\].*last good checkpoint \(step 10\)"):
+                                r"step 13 \(the update logged as step 14\): term\(s\) \['explodes'\].*"
+                                r"last good checkpoint \(step 10\)"):
       training.train(config, workdir, model=MODEL, objective=objective,
                      optimizer=optax.adam(1e-2), dataset=DATASET)
     checkpoints = training.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=2)
@@ -217,6 +237,18 @@ class GuardsTest(absltest.TestCase):
     self.assertEqual(int(restored.step[0]), 10)
     self.assertTrue(all(np.isfinite(np.asarray(leaf)).all()
                         for leaf in jax.tree_util.tree_leaves(restored.params)))
+
+  def test_non_finite_update_stops_although_the_loss_is_finite(self):
+    breaks_at_13 = optax.scale_by_schedule(lambda count: jnp.where(count >= 13, jnp.nan, 1.0))
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(training.NonFiniteLossError,
+                                r"step 13 .*every term was finite but not the gradient, update or "
+                                r"parameters .*'update_norm': \[nan\].*last good checkpoint \(step 10\)"):
+      training.train(_config(checkpoint_every=10, steps_per_call=5), workdir, model=MODEL,
+                     objective=objectives.compose(objectives.cross_entropy()),
+                     optimizer=optax.chain(optax.adam(1e-2), breaks_at_13), dataset=DATASET)
+    checkpoints = training.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+    self.assertEqual(checkpoints.all_steps(), [10])
 
   def test_unknown_objective_site_fails_before_compiling(self):
     @objectives.term("reads_missing_site", sites=("hidden_7",))
@@ -260,6 +292,11 @@ class ConfigErrorsTest(parameterized.TestCase):
     changed = _config(checkpoint_every=10, batch_size=16)
     with self.assertRaisesRegex(training.ConfigError, r"config\.batch_size=16 \(the run has 32\)"):
       training.train(changed, workdir, **kwargs)
+    shorter = _config(checkpoint_every=10, steps=20)
+    with self.assertRaisesRegex(training.ConfigError, r"config\.steps=20: .*already at step 30"):
+      training.train(shorter, workdir, **kwargs)
+    with self.assertRaisesRegex(training.ConfigError, r"hparam_grid"):
+      training.train(config, workdir, hparam_grid=[{"strength": 1.0}], **kwargs)
     longer = _config(checkpoint_every=10, steps=40)  # more steps is a continuation, not a change
     self.assertEqual(training.train(longer, workdir, **kwargs).summary["step"], 40)
 

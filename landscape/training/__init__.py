@@ -9,6 +9,7 @@ from landscape.training._config import validate_loop_config
 from landscape.training._loop import NonFiniteLossError
 from landscape.training._loop import Preempted
 from landscape.training._loop import TrainResult
+from landscape.training._loop import check_resumed_config
 from landscape.training._loop import run_seeds
 from landscape.training._loop import run_table
 from landscape.training._loop import train

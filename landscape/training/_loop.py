@@ -85,9 +85,22 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def check_resumed_config(config: ml_collections.ConfigDict, saved: Mapping[str, Any]) -> None:
-  """ConfigError naming every field that differs from the run being resumed (operational ones aside)."""
-  current = _flatten(json.loads(config.to_json_best_effort()))
+def run_identity(config: ml_collections.ConfigDict,
+                 hparam_grid: Sequence[Mapping[str, float]] | None = None) -> dict[str, Any]:
+  """What config.json records of a run: its config and its grid of hyper-parameters."""
+  identity = json.loads(config.to_json_best_effort())
+  identity["hparam_grid"] = [dict(point) for point in hparam_grid or []]
+  return identity
+
+
+def check_resumed_config(config: ml_collections.ConfigDict, saved: Mapping[str, Any],
+                         hparam_grid: Sequence[Mapping[str, float]] | None = None) -> None:
+  """ConfigError naming every field that differs from the run being resumed (operational ones aside).
+
+  ``saved`` is the run's config.json (see `run_identity`); the grid of hyper-parameters is compared
+  as one field.
+  """
+  current = _flatten(run_identity(config, hparam_grid))
   saved = _flatten(saved)
   differing = sorted(key for key in current.keys() | saved.keys()
                      if key.split(".")[0] not in OPERATIONAL_FIELDS and current.get(key) != saved.get(key))
@@ -144,9 +157,18 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+GUARDED_METRICS = ("loss", "grad_norm", "update_norm", "param_norm")
+
+
 def _first_bad_step(metrics: Mapping[str, np.ndarray]) -> tuple[int, list[str]] | None:
-  """(index within the call, names of the offending terms) of the first non-finite step, or None."""
-  bad = ~np.isfinite(metrics["loss"]) | ~np.isfinite(metrics["grad_norm"])
+  """(index within the call, names of the offending terms) of the first non-finite step, or None.
+
+  A step is bad when its loss, gradient, update or resulting parameters are not finite: a state
+  saved after such a step would not be a good checkpoint.
+  """
+  bad = np.zeros(np.shape(metrics["loss"]), bool)
+  for name in GUARDED_METRICS:
+    bad |= ~np.isfinite(metrics[name])
   bad_steps = np.nonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0]
   if not len(bad_steps):
     return None
@@ -256,12 +278,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=config.max_to_keep,
                             async_save=config.async_checkpoints)
   start_step = checkpoints.latest_step() or 0
+  if start_step > config.steps:
+    raise ConfigError(f"config.steps={config.steps}: the run in {workdir} is already at step "
+                      f"{start_step}; ask for at least that many steps, or use a fresh --workdir")
   config_path = os.path.join(workdir, "config.json")
   if start_step and os.path.exists(config_path):
     with open(config_path) as handle:
-      check_resumed_config(config, json.load(handle))
+      check_resumed_config(config, json.load(handle), hparam_grid)
   if is_main:
-    write_json_atomically(config_path, json.loads(config.to_json_best_effort()))
+    write_json_atomically(config_path, run_identity(config, hparam_grid))
   if start_step:
     target = jax.tree_util.tree_map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
@@ -333,12 +358,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
                          tensorboard=config.tensorboard, enabled=is_main)
   evaluations: dict[int, dict[str, np.ndarray]] = {}
 
-  def run_evaluation(step: int, state: TrainState) -> None:
+  def run_evaluation(step: int, state: TrainState, *, log: bool = True) -> None:
     view = host_view(state)
     evaluations[step] = evaluate(view.params, view.extra)
     for evaluator in evaluators:
       evaluations[step].update(_sharding.fetch(dict(evaluator(view.params, view.extra))))
-    writer.write(step, evaluations[step])
+    if log:
+      writer.write(step, evaluations[step])
 
   progress = Progress(start_step, config.steps)
   step = start_step
@@ -364,11 +390,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
           bad_step = step + index
           values = {name.removeprefix("loss/"): metrics[name][index].tolist()
                     for name in metrics if name.startswith("loss/")}
+          norms = {name: metrics[name][index].tolist() for name in GUARDED_METRICS[1:]}
           culprit = (f"term(s) {terms} went non-finite" if terms else
-                     "every term was finite but the gradient was not")
+                     f"every term was finite but not the gradient, update or parameters ({norms})")
           raise NonFiniteLossError(
-              f"non-finite loss at step {bad_step}: {culprit}; term values {values}, grad_norm "
-              f"{metrics['grad_norm'][index].tolist()}. The last good checkpoint (step "
+              f"non-finite loss at step {bad_step} (the update logged as step {bad_step + 1}): "
+              f"{culprit}; term values {values}. The last good checkpoint (step "
               f"{checkpoints.latest_step()}) is untouched in {workdir}/checkpoints")
         step = stop
         last_train_metrics = {name: to_json_value(values[-1], num_runs)
@@ -386,12 +413,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
     if last_saved != step:
       checkpoints.save(step, host_view(state))
     checkpoints.wait()
+    if step not in evaluations:  # resumed at the last step: its evaluation is already logged
+      run_evaluation(step, state, log=start_step != step)
   finally:
     writer.close()
 
   final = host_view(state)
-  if step not in evaluations:
-    run_evaluation(step, state)
   if not last_train_metrics:  # resumed after the last step: the final metrics are on disk
     logged = [row for row in read_jsonl(writer.path) if "loss" in row]
     last_train_metrics = {key: value for key, value in (logged[-1] if logged else {}).items()

@@ -37,10 +37,18 @@ def write_json_atomically(path: str, payload: Any) -> None:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """The rows of a JSON-lines file; a last line cut short (a run killed mid-write) is dropped."""
   if not os.path.exists(path):
     return []
   with open(path) as handle:
-    return [json.loads(line) for line in handle if line.strip()]
+    lines = [line for line in handle if line.strip()]
+  rows = [json.loads(line) for line in lines[:-1]]
+  if lines:
+    try:
+      rows.append(json.loads(lines[-1]))
+    except json.JSONDecodeError:
+      pass
+  return rows
 
 
 def params_digest(params: Any) -> str:
@@ -54,8 +62,9 @@ def params_digest(params: Any) -> str:
 class MetricsWriter:
   """Appends one JSON line per logged step and mirrors scalars to TensorBoard.
 
-  On resume from step s, rows after s (written by the interrupted run after its last checkpoint) are
-  dropped first, so the file reads as one uninterrupted run.
+  On resume from step s > 0, rows after s (written by the interrupted run after its last
+  checkpoint) are dropped first, so the file reads as one uninterrupted run; a run that starts
+  afresh (no checkpoint) starts an empty file.
   """
 
   def __init__(self, workdir: str, *, num_runs: int, run_labels: list[str], resume_step: int,
@@ -67,7 +76,7 @@ class MetricsWriter:
     self._tensorboard = None
     if not enabled:
       return
-    kept = [row for row in read_jsonl(self.path) if row.get("step", 0) <= resume_step]
+    kept = [row for row in read_jsonl(self.path) if resume_step and row["step"] <= resume_step]
     temporary = self.path + ".tmp"
     with open(temporary, "w") as handle:
       handle.writelines(json.dumps(row) + "\n" for row in kept)
