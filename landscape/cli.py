@@ -3,7 +3,7 @@
 A binary is three lines around one library call::
 
     _CONFIG = cli.define_flags("configs/train.py")
-    def main(argv): cli.run(landscape.train.run, argv)
+    def main(argv): cli.run(landscape.supervised.run, argv)
     if __name__ == "__main__": cli.main(main)
 """
 
@@ -26,6 +26,7 @@ from landscape.sites import UnknownSiteError
 from landscape.training import ConfigError
 from landscape.training import NonFiniteLossError
 from landscape.training import Preempted
+from landscape.transforms import DirectionsError
 
 COMPILATION_CACHE_VARIABLE = "LANDSCAPE_COMPILATION_CACHE"
 DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "landscape", "jax_compilation_cache")
@@ -119,8 +120,14 @@ def run(run_fn: Callable[..., object], argv: list[str]) -> None:
   logging.info("config:\n%s", config)
   try:
     run_fn(config, workdir)
-  except (ConfigError, BasisError, UnknownSiteError, SiteShapeError) as error:
+  except (ConfigError, BasisError, DirectionsError, UnknownSiteError, SiteShapeError) as error:
     logging.error("%s", error)
+    sys.exit(EXIT_BAD_INPUT)
+  except (ValueError, KeyError) as error:
+    # The library's other checks (a data or model setting, a loss term's inputs) raise these with a
+    # message naming the value; the traceback goes first, so the message is the last line.
+    logging.info("traceback of the error below:", exc_info=True)
+    logging.error("%s: %s", type(error).__name__, error)
     sys.exit(EXIT_BAD_INPUT)
   except NonFiniteLossError as error:
     logging.error("%s", error)

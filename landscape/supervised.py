@@ -29,7 +29,12 @@ def make_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
     if config.train_decoy not in data.DECOY_MODES:
       raise ConfigError(f"config.data.train_decoy={config.train_decoy!r}: expected one of "
                         f"{data.DECOY_MODES}")
-    return data.decoy_digits(patch_size=config.patch_size, corner=config.corner, noise=config.noise,
+    corner = config.corner
+    if corner != "random":  # a flag gives the corner as a string
+      if corner not in ("0", "1", "2", "3"):
+        raise ConfigError(f"config.data.corner={corner!r}: expected 'random' or 0-3")
+      corner = int(corner)
+    return data.decoy_digits(patch_size=config.patch_size, corner=corner, noise=config.noise,
                              train_decoy=config.train_decoy, split_seed=config.split_seed)
   raise ConfigError(f"config.data.name={config.name!r}: expected one of {DATASETS}")
 

@@ -83,6 +83,16 @@ class SmokeTest(absltest.TestCase):
       by_arm = {result.arm: result for result in results}
       difference = by_arm[names[0]].final["eval/ood/accuracy"] - by_arm[names[1]].final["eval/ood/accuracy"]
       self.assertAlmostEqual(first.estimate.mean, float(np.mean(difference)), places=9)
+      # The comparison beside criterion 3: the best blocking arm's decodability minus the oracle's.
+      over_oracle = _report.decodability_over_oracle(results)
+      self.assertIn(_report._over_oracle_sentence(results, over_oracle), report)
+      blocking = _results.best_of(results, "blocking")
+      for site, estimate in over_oracle.items():
+        difference = (blocking.final[f"decodability/{site}"] -
+                      by_arm["oracle"].final[f"decodability/{site}"])
+        self.assertAlmostEqual(estimate.mean, float(np.mean(difference)), places=9)
+        self.assertAlmostEqual(
+            summary["tasks"][task]["decodability_blocking_minus_oracle"][site]["mean"], estimate.mean)
 
   def test_rerun_reads_finished_arms_back_and_writes_the_same_report(self):
     with open(os.path.join(self.workdir, "summary.json")) as handle:
@@ -95,6 +105,17 @@ class SmokeTest(absltest.TestCase):
     with open(os.path.join(self.workdir, "summary.json")) as handle:
       after = json.load(handle)
     self.assertEqual(after["tasks"], before["tasks"])
+
+
+  def test_rerun_with_different_settings_is_refused_and_changes_nothing(self):
+    paths = [os.path.join(self.workdir, name) for name in
+             ("summary.json", "report.md", "decoy_digits/plain/summary.json")]
+    before = [open(path, "rb").read() for path in paths]
+    again = _binary(self.workdir, "--config=configs/block_vs_reshape.py:smoke",
+                    "--config.refit_every=7", "--config.sample_efficiency.enabled=False")
+    self.assertEqual(again.returncode, 2, again.stderr[-3000:])
+    self.assertRegex(again.stderr, r"config\.experiment\.refit_every=7 \(the run has 5\)")
+    self.assertEqual([open(path, "rb").read() for path in paths], before)
 
 
 class PlantedNullTest(absltest.TestCase):
@@ -123,6 +144,10 @@ class PlantedNullTest(absltest.TestCase):
                         f"{arm}: {difference} against plain")
       shortcut = summary["tasks"]["decoy_digits"]["arms"][arm]["shortcut_following"]["mean"]
       self.assertLess(shortcut, 0.05, arm)
+    # The concept is decodable above chance everywhere (criterion 3 cannot tell), but no more after
+    # blocking than in the oracle, which never saw it agree with the label.
+    for site, estimate in summary["tasks"]["decoy_digits"]["decodability_blocking_minus_oracle"].items():
+      self.assertLess(abs(estimate["mean"]), 0.05, site)
 
 
 class PiecesTest(parameterized.TestCase):

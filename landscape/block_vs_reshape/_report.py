@@ -121,6 +121,33 @@ def judge_criteria(results: list[ArmResult]) -> list[Criterion]:
   return criteria
 
 
+def decodability_over_oracle(results: list[ArmResult]) -> dict[str, analysis.Estimate] | None:
+  """Per site, the best blocking arm's decodability minus the oracle's, paired by seed.
+
+  Not pre-registered. The third criterion holds even in the planted null (RESULTS.md): a probe reads
+  the concept from any network whose input carries it, trained on the shortcut or not. The oracle,
+  which never saw the shortcut agree with the label, is that floor; decodability beyond it is
+  information the blocked network holds because it learned the shortcut.
+  """
+  blocking, oracle = best_of(results, "blocking"), _arm(results, "oracle")
+  if blocking is None or oracle is None:
+    return None
+  return {site: _paired(blocking, oracle, f"decodability/{site}") for site in blocking.sites()}
+
+
+def _over_oracle_sentence(results: list[ArmResult],
+                          excess: dict[str, analysis.Estimate] | None) -> str:
+  if excess is None:
+    return "Decodability beyond the oracle's: not computed, a blocking arm or the oracle was not run."
+  above = [site for site, estimate in excess.items() if estimate.low > 0]
+  per_site = "; ".join(f"`{site}` {estimate:+.3f}" for site, estimate in excess.items())
+  return (f"Not pre-registered (criterion 3 also holds where nothing can be learned, see the planted "
+          f"null): best blocking arm {_describe(best_of(results, 'blocking'))} minus the oracle, "
+          f"decodability (95% CI over paired seeds): {per_site}. Above the oracle at "
+          f"{len(above)} of {len(excess)} sites" + (f" ({', '.join(f'`{s}`' for s in above)})."
+                                                     if above else "."))
+
+
 def _cell(estimate: analysis.Estimate) -> str:
   return f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
 
@@ -277,6 +304,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], 
   """Writes report.md, the figures, summary.json and metrics.jsonl; returns the summary."""
   all_results = {task: [load_arm(workdir, task, arm) for arm in arms] for task in tasks}
   all_criteria = {task: judge_criteria(all_results[task]) for task in tasks}
+  over_oracle = {task: decodability_over_oracle(all_results[task]) for task in tasks}
   figure_over_training(all_results, lambda result: HEADLINE_METRICS["ood_accuracy"], "OOD accuracy",
                        os.path.join(workdir, "ood_accuracy.png"), lambda task: TASK_TITLES[task])
   figure_over_training(
@@ -304,6 +332,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], 
               f"arm's directions at the end: `{task}/<arm>/directions.html`.", "",
               results_table(all_results[task]), "", "Criteria:", ""]
     lines += [f"- {criterion.sentence}" for criterion in all_criteria[task]]
+    lines += ["", _over_oracle_sentence(all_results[task], over_oracle[task])]
     lines += ["", "Decodability of the shortcut concept at the end (held-out linear probe on "
               "`val_ood`, with each arm's evaluation-time interventions):", "",
               decodability_table(all_results[task]), ""]
@@ -318,6 +347,9 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], 
   for task in tasks:
     summary["tasks"][task] = {
         "criteria": [criterion.as_dict() for criterion in all_criteria[task]],
+        "decodability_blocking_minus_oracle": (
+            None if over_oracle[task] is None else
+            {site: dataclasses.asdict(estimate) for site, estimate in over_oracle[task].items()}),
         "arms": {result.arm: {"family": result.family, "chosen": result.hyperparameters,
                               "seeds": result.seeds,
                               **{name: dataclasses.asdict(result.estimate(metric))

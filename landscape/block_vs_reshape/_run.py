@@ -20,34 +20,49 @@ from landscape.block_vs_reshape._arms import EVAL_METRICS
 from landscape.block_vs_reshape._arms import decodability_evaluator
 from landscape.block_vs_reshape._arms import plan_arm
 from landscape.block_vs_reshape._schedule import loop_config
+from landscape.block_vs_reshape._schedule import settings_identity
 from landscape.block_vs_reshape._tasks import TASK_BUILDERS
 from landscape.block_vs_reshape._tasks import TASKS
 from landscape.block_vs_reshape._tasks import Task
 from landscape.training import ConfigError
 
 
-def _arm_done(workdir: str, steps: int) -> bool:
+def finished_before(workdir: str, loop: ml_collections.ConfigDict,
+                    hparam_grid: list[dict[str, float]] | None) -> bool:
+  """Whether ``workdir`` holds this run, finished; ConfigError if it holds a different one."""
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
     return False
   with open(path) as handle:
-    return json.load(handle).get("step") == steps
+    finished_step = json.load(handle).get("step")
+  with open(os.path.join(workdir, "config.json")) as handle:
+    training.check_resumed_config(loop, json.load(handle), hparam_grid)
+  return finished_step == loop.steps
+
+
+def arm_identity(task: Task, arm: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Everything beyond the loop's fields that shapes an arm's runs (see `loop_config`)."""
+  return dict(task=task.name, arm=arm, task_settings=settings_identity(config[task.name]),
+              **{field: config[field] for field in ("refit_every", "probe_batch_size",
+                                                    "decodability_steps", "decodability_l2")})
 
 
 def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: str) -> None:
   """Trains one arm (all its grid points and seeds in one program) unless it already finished."""
   arm_dir = os.path.join(workdir, task.name, arm)
-  if _arm_done(arm_dir, task.steps):
+  plan = plan_arm(arm, task, config)
+  loop = loop_config(config, task.steps, task.batch_size, arm_identity(task, arm, config))
+  hparam_grid = plan.grid if plan.grid != [{}] else None
+  if finished_before(arm_dir, loop, hparam_grid):
     logging.info("%s/%s: finished before, reading its results", task.name, arm)
     return
-  plan = plan_arm(arm, task, config)
   start = time.perf_counter()
-  result = training.train(loop_config(config, task.steps, task.batch_size), arm_dir, model=task.model, objective=plan.objective,
-                 optimizer=plan.optimizer, dataset=plan.dataset, refreshers=plan.refreshers,
-                 optimizer_extra_args=plan.optimizer_extra_args, eval_metrics=EVAL_METRICS,
-                 eval_interventions=plan.eval_interventions,
-                 evaluators=[decodability_evaluator(task, plan, config)],
-                 hparam_grid=plan.grid if plan.grid != [{}] else None)
+  result = training.train(loop, arm_dir, model=task.model, objective=plan.objective,
+                          optimizer=plan.optimizer, dataset=plan.dataset, refreshers=plan.refreshers,
+                          optimizer_extra_args=plan.optimizer_extra_args, eval_metrics=EVAL_METRICS,
+                          eval_interventions=plan.eval_interventions,
+                          evaluators=[decodability_evaluator(task, plan, config)],
+                          hparam_grid=hparam_grid)
   if plan.refreshers:
     first_run = jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(
         {refresher.name: result.state.extra[refresher.name] for refresher in plan.refreshers}))

@@ -30,6 +30,7 @@ from landscape import models
 from landscape import objectives
 from landscape import training
 from landscape.block_vs_reshape._schedule import loop_config
+from landscape.block_vs_reshape._schedule import settings_identity
 
 CONDITIONS = ("label_only", "pro_rule1", "anti_rule1")
 PUBLISHED_RATIOS = {0.8: 71.0, 0.9: 29.0, 0.99: 6.0}
@@ -59,9 +60,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       full, arrays=dict(full.arrays, anti_rule1=rule1_pixels, pro_rule1=1.0 - rule1_pixels)))
   model = models.mlp(75, tuple(config.toy_colors.hidden_sizes), 2)
   grid = [{"train_size": float(size)} for size in sizes]
-  loop = loop_config(config, settings.steps, config.batch_size)
   curves: dict[str, dict[str, Any]] = {}
   for condition in CONDITIONS:
+    loop = loop_config(config, settings.steps, config.batch_size, dict(
+        condition=condition, sample_efficiency=settings_identity(settings),
+        toy_colors=settings_identity(config.toy_colors)))
     terms = [objectives.cross_entropy()]
     if condition != "label_only":
       terms.append(objectives.explanation_penalty(weight=settings.explanation_weight,

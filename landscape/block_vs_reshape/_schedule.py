@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
 
 from landscape import training
 
 
 def loop_config(config: ml_collections.ConfigDict, steps: int | None = None,
-                batch_size: int | None = None) -> ml_collections.ConfigDict:
+                batch_size: int | None = None,
+                identity: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
   """The training loop's fields for one task: the config's, with the task's steps and batch size.
 
   Every run is evaluated ``config.evaluations`` times (plus at step 0), at equal intervals, and
-  checkpointed every ``checkpoint_every`` steps (at most ``steps``).
+  checkpointed every ``checkpoint_every`` steps (at most ``steps``). ``identity`` (the task, arm and
+  settings that shape the run beyond the loop's own fields) goes in as ``experiment``, so the
+  loop's config.json records it and a rerun with different settings is refused, not resumed.
   """
   loop = training.loop_config()
   for field in loop.keys():
@@ -24,4 +30,11 @@ def loop_config(config: ml_collections.ConfigDict, steps: int | None = None,
   loop.steps_per_call = loop.eval_every
   loop.log_every = loop.eval_every
   loop.checkpoint_every = min(config.checkpoint_every, loop.steps)
+  if identity is not None:
+    loop.experiment = ml_collections.ConfigDict(dict(identity))
   return loop
+
+
+def settings_identity(settings: ml_collections.ConfigDict) -> dict[str, Any]:
+  """A settings section as plain values, without ``steps`` (more steps continue a run)."""
+  return {key: value for key, value in settings.to_dict().items() if key != "steps"}

@@ -82,7 +82,7 @@ def decoy_digits_task(config: ml_collections.ConfigDict) -> Task:
   oracle = make("random")
   model = models.mlp(64, tuple(settings.hidden_sizes), 10)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  rows = _image_rows(make("label").eval_sets["ood"]["mask"])
+  rows = _image_rows(make("label").arrays["mask"])  # the training data's annotation
   return Task(
       name="decoy_digits", title=TASK_TITLES["decoy_digits"],
       dataset=data.with_probe_fields(make(settings.train_decoy), oracle), oracle=oracle, probe=oracle,
@@ -101,7 +101,7 @@ def toy_colors_task(config: ml_collections.ConfigDict) -> Task:
   shortcut, oracle = make("label"), make("random")
   model = models.mlp(75, tuple(settings.hidden_sizes), 2)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  rows = _image_rows(shortcut.eval_sets["ood"]["mask"])
+  rows = _image_rows(shortcut.arrays["mask"])  # the training data's annotation
   return Task(
       name="toy_colors", title=TASK_TITLES["toy_colors"],
       dataset=data.with_probe_fields(shortcut, oracle), oracle=oracle, probe=oracle, model=model,
