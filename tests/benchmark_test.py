@@ -22,9 +22,15 @@ class BenchmarkTest(absltest.TestCase):
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     with open(os.path.join(workdir, "benchmark.json")) as handle:
       results = json.load(handle)
+    dictionary = "project_out_dictionary256_select8"
     self.assertEqual(set(results["transforms"]), {
-        "plain", "project_out_k4", "project_out_dictionary256_select8", "attribute_dictionary256"})
+        "plain", "plain_again", "project_out_k4", dictionary, dictionary + "_refresh_every_step",
+        "attribute_dictionary256"})
     self.assertEqual(results["transforms"]["plain"]["ratio_to_plain"], 1.0)
+    scheduled = results["transforms"][dictionary]["ratio_to_plain"]
+    refreshing = results["transforms"][dictionary + "_refresh_every_step"]["ratio_to_plain"]
+    self.assertAlmostEqual(results["transforms"][dictionary]["ratio_with_refreshes_amortized"],
+                           scheduled + (refreshing - scheduled) / results["config"]["refresh_every"])
     for row in results["transforms"].values():
       self.assertGreater(row["ms_per_step"], 0)
     seeds = results["seeds"]["2"]
