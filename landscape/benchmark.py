@@ -11,7 +11,8 @@ Two sections:
   and each ratio is the median over rounds of (variant / plain) from the same round; `plain_again`,
   the plain step compiled twice, gives the noise floor.
 * ``seeds``: training S runs of the flagship's classifier in one program against S programs one
-  after another, end to end (compilation included) and per step once compiled.
+  after another: in one process (compiling, and with a warm compilation cache), as separate jobs of
+  the training binary, and per step once compiled.
 
 Writes ``benchmark.json`` to ``workdir`` and prints a table.
 """
@@ -22,6 +23,8 @@ import functools
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +44,7 @@ from landscape import training
 from landscape import transforms
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def gpt_config(config: ml_collections.ConfigDict) -> models.GPTConfig:
@@ -163,7 +167,11 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   * end to end, cache warm: the same after an untimed pass has put both programs in the persistent
     cache (S jobs rerun on a machine that has run them before);
   * per step once compiled: the loop's compiled chunk with S runs against S times the chunk with one
-    run (the throughput of vmapping the runs, all overheads aside).
+    run (the throughput of vmapping the runs, all overheads aside);
+  * as separate jobs: S invocations of the ``experiments.train`` binary (``:decoy`` preset, one seed
+    each) against one invocation with ``--config.num_seeds=S``, each a fresh process, compilation
+    cache warm (the way a researcher runs seeds from a shell loop). Skipped, with a warning, when
+    the binaries are not beside the package (a non-editable install).
   """
   settings = config.seeds
   dataset = data.decoy_digits()
@@ -213,6 +221,27 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     jax.block_until_ready((state, metrics))
     return (time.perf_counter() - start) / (settings.timed_calls * settings.steps_per_call)
 
+  def binary_seconds(num_seeds: int, seed: int, name: str) -> float:
+    command = [sys.executable, "-m", "experiments.train", "--config=configs/train.py:decoy",
+               f"--workdir={os.path.join(workdir, 'seeds', name)}", f"--config.seed={seed}",
+               f"--config.num_seeds={num_seeds}", f"--config.steps={settings.steps}",
+               f"--config.batch_size={settings.batch_size}",
+               f"--config.model.hidden_sizes={tuple(settings.hidden_sizes)}",
+               f"--config.steps_per_call={settings.steps_per_call}",
+               f"--config.log_every={settings.steps}", "--config.eval_every=0",
+               "--config.checkpoint_every=0", "--config.tensorboard=False",
+               "--config.mesh.num_devices=1"]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPOSITORY, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+  def binary_pair(num_runs: int, tag: str) -> tuple[float, float]:
+    one_by_one = sum(binary_seconds(1, seed, f"{tag}_seed{seed}") for seed in range(num_runs))
+    return one_by_one, binary_seconds(num_runs, 0, f"{tag}_together{num_runs}")
+
+  binaries_here = os.path.exists(os.path.join(REPOSITORY, "experiments", "train.py"))
+  if not binaries_here:
+    logging.warning("experiments/train.py is not beside the package: separate jobs not measured")
   one_run_per_step = seconds_per_step(1)
   rows = {}
   cache_was_on = jax.config.jax_enable_compilation_cache
@@ -229,7 +258,13 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
       jax.clear_caches()
       warm = end_to_end_pair(num_runs, f"warm{num_runs}")
     per_step = seconds_per_step(num_runs)
+    jobs = (float("nan"),) * 2
+    if binaries_here and cache_was_on:
+      binary_pair(num_runs, f"prime_jobs{num_runs}")
+      jobs = binary_pair(num_runs, f"jobs{num_runs}")
     rows[str(num_runs)] = dict(
+        separate_jobs_seconds_one_by_one=jobs[0], separate_jobs_seconds_together=jobs[1],
+        separate_jobs_speedup=jobs[0] / jobs[1],
         steps=settings.steps,
         compiling_seconds_one_by_one=cold[0], compiling_seconds_together=cold[1],
         compiling_speedup=cold[0] / cold[1],
@@ -278,5 +313,7 @@ def format_results(results: dict[str, Any]) -> str:
                  f"= {row['compiling_speedup']:.1f}x; cache warm {row['cache_warm_seconds_one_by_one']:.1f} s "
                  f"vs {row['cache_warm_seconds_together']:.1f} s = {row['cache_warm_speedup']:.1f}x; per step "
                  f"once compiled {row['ms_per_step_one_run']:.3f} ms x {num_runs} vs "
-                 f"{row['ms_per_step_together']:.3f} ms = {row['steady_state_speedup']:.2f}x")
+                 f"{row['ms_per_step_together']:.3f} ms = {row['steady_state_speedup']:.2f}x; "
+                 f"separate jobs {row['separate_jobs_seconds_one_by_one']:.1f} s vs "
+                 f"{row['separate_jobs_seconds_together']:.1f} s = {row['separate_jobs_speedup']:.1f}x")
   return "\n".join(lines)

@@ -34,7 +34,8 @@ class BenchmarkTest(absltest.TestCase):
     for row in results["transforms"].values():
       self.assertGreater(row["ms_per_step"], 0)
     seeds = results["seeds"]["2"]
-    for speedup in ("compiling_speedup", "cache_warm_speedup", "steady_state_speedup"):
+    for speedup in ("compiling_speedup", "cache_warm_speedup", "steady_state_speedup",
+                    "separate_jobs_speedup"):
       self.assertGreater(seeds[speedup], 0, speedup)
     self.assertIn("2 runs x 20 steps, one by one vs together", result.stdout)
     self.assertEqual(results["jax_version"], __import__("jax").__version__)

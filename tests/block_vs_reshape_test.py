@@ -122,7 +122,7 @@ class PlantedNullTest(absltest.TestCase):
   """A shortcut no model can use (the patch carries no label information): nothing to gain.
 
   Measured with the preset's full settings (RESULTS.md): every arm matches plain training within
-  noise except re-estimated activation ablation, which costs about four points of accuracy even
+  noise except re-estimated activation ablation, which costs about three points of accuracy even
   here (its basis jumps at every refit). So: no arm may beat plain, and every arm whose block does
   not move during training must equal it.
   """

@@ -35,8 +35,10 @@ def finished_before(workdir: str, loop: ml_collections.ConfigDict,
     return False
   with open(path) as handle:
     finished_step = json.load(handle).get("step")
-  with open(os.path.join(workdir, "config.json")) as handle:
-    training.check_resumed_config(loop, json.load(handle), hparam_grid)
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as handle:
+      training.check_resumed_config(loop, json.load(handle), hparam_grid)
   return finished_step == loop.steps
 
 

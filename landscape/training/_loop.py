@@ -393,10 +393,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
           norms = {name: metrics[name][index].tolist() for name in GUARDED_METRICS[1:]}
           culprit = (f"term(s) {terms} went non-finite" if terms else
                      f"every term was finite but not the gradient, update or parameters ({norms})")
+          last_good = checkpoints.latest_step()
+          kept = ("no checkpoint had been written yet" if last_good is None else
+                  f"the last good checkpoint (step {last_good}) is untouched in "
+                  f"{workdir}/checkpoints")
           raise NonFiniteLossError(
               f"non-finite loss at step {bad_step} (the update logged as step {bad_step + 1}): "
-              f"{culprit}; term values {values}. The last good checkpoint (step "
-              f"{checkpoints.latest_step()}) is untouched in {workdir}/checkpoints")
+              f"{culprit}; term values {values}; {kept}")
         step = stop
         last_train_metrics = {name: to_json_value(values[-1], num_runs)
                               for name, values in metrics.items() if values.ndim == 2}
