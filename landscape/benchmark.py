@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -174,6 +175,10 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     the binaries are not beside the package (a non-editable install).
   """
   settings = config.seeds
+  # Every run must start from scratch: a run left here by an earlier benchmark would resume at its
+  # last step and time nothing.
+  runs_dir = os.path.join(os.path.abspath(workdir), "seeds")
+  shutil.rmtree(runs_dir, ignore_errors=True)
   dataset = data.decoy_digits()
   model = models.mlp(64, tuple(settings.hidden_sizes), 10)
   objective = objectives.compose(objectives.cross_entropy())
@@ -190,7 +195,7 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
 
   def end_to_end(num_seeds: int, seed: int, name: str) -> float:
     start = time.perf_counter()
-    training.train(loop_config(num_seeds, seed), os.path.join(workdir, "seeds", name), model=model,
+    training.train(loop_config(num_seeds, seed), os.path.join(runs_dir, name), model=model,
                    objective=objective, optimizer=optimizer, dataset=dataset)
     return time.perf_counter() - start
 
@@ -223,7 +228,7 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
 
   def binary_seconds(num_seeds: int, seed: int, name: str) -> float:
     command = [sys.executable, "-m", "experiments.train", "--config=configs/train.py:decoy",
-               f"--workdir={os.path.join(workdir, 'seeds', name)}", f"--config.seed={seed}",
+               f"--workdir={os.path.join(runs_dir, name)}", f"--config.seed={seed}",
                f"--config.num_seeds={num_seeds}", f"--config.steps={settings.steps}",
                f"--config.batch_size={settings.batch_size}",
                f"--config.model.hidden_sizes={tuple(settings.hidden_sizes)}",
@@ -232,8 +237,11 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
                "--config.checkpoint_every=0", "--config.tensorboard=False",
                "--config.mesh.num_devices=1"]
     start = time.perf_counter()
-    subprocess.run(command, cwd=REPOSITORY, check=True, capture_output=True)
-    return time.perf_counter() - start
+    job = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if job.returncode:
+      raise RuntimeError(f"{' '.join(command)} exited with {job.returncode}:\n{job.stderr[-4000:]}")
+    return seconds
 
   def binary_pair(num_runs: int, tag: str) -> tuple[float, float]:
     one_by_one = sum(binary_seconds(1, seed, f"{tag}_seed{seed}") for seed in range(num_runs))
@@ -282,6 +290,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if unknown:
     raise training.ConfigError(f"config.sections={config.sections!r}: unknown {unknown}; "
                                "expected 'transforms' and/or 'seeds'")
+  steps_taken = config.warmup_steps + config.rounds * config.timed_steps
+  if steps_taken >= config.refresh_every:
+    # The amortized ratio assumes that no step of the scheduled dictionary variant refreshes.
+    raise training.ConfigError(
+        f"config.refresh_every={config.refresh_every}: must exceed the {steps_taken} steps each "
+        "variant takes (warmup_steps + rounds * timed_steps)")
   os.makedirs(workdir, exist_ok=True)
   device = jax.devices()[0]
   results: dict[str, Any] = dict(

@@ -8,6 +8,10 @@ import tempfile
 
 from absl.testing import absltest
 
+from configs import benchmark as benchmark_config
+from landscape import benchmark
+from landscape import training
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,7 +19,9 @@ class BenchmarkTest(absltest.TestCase):
 
   def test_smoke_preset_reports_every_ratio(self):
     workdir = tempfile.mkdtemp()
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    # The separate-jobs timing needs the compilation cache on; keep it out of the user's home.
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",
+               LANDSCAPE_COMPILATION_CACHE=os.path.join(workdir, "cache"))
     result = subprocess.run([sys.executable, "-m", "experiments.benchmark",
                              "--config=configs/benchmark.py:smoke", f"--workdir={workdir}"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -39,6 +45,17 @@ class BenchmarkTest(absltest.TestCase):
       self.assertGreater(seeds[speedup], 0, speedup)
     self.assertIn("2 runs x 20 steps, one by one vs together", result.stdout)
     self.assertEqual(results["jax_version"], __import__("jax").__version__)
+
+  def test_bad_config_names_the_field_before_measuring(self):
+    workdir = os.path.join(tempfile.mkdtemp(), "bench")
+    for field, value, pattern in (
+        ("sections", "transforms,sed", r"config\.sections='transforms,sed': unknown \['sed'\]"),
+        ("refresh_every", 5, r"config\.refresh_every=5: must exceed the 5 steps")):
+      config = benchmark_config.get_config("smoke")
+      config[field] = value
+      with self.assertRaisesRegex(training.ConfigError, pattern):
+        benchmark.run(config, workdir)
+    self.assertFalse(os.path.exists(workdir))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -106,16 +107,15 @@ class SmokeTest(absltest.TestCase):
       after = json.load(handle)
     self.assertEqual(after["tasks"], before["tasks"])
 
-
   def test_rerun_with_different_settings_is_refused_and_changes_nothing(self):
     paths = [os.path.join(self.workdir, name) for name in
              ("summary.json", "report.md", "decoy_digits/plain/summary.json")]
-    before = [open(path, "rb").read() for path in paths]
+    before = [pathlib.Path(path).read_bytes() for path in paths]
     again = _binary(self.workdir, "--config=configs/block_vs_reshape.py:smoke",
                     "--config.refit_every=7", "--config.sample_efficiency.enabled=False")
     self.assertEqual(again.returncode, 2, again.stderr[-3000:])
     self.assertRegex(again.stderr, r"config\.experiment\.refit_every=7 \(the run has 5\)")
-    self.assertEqual([open(path, "rb").read() for path in paths], before)
+    self.assertEqual([pathlib.Path(path).read_bytes() for path in paths], before)
 
 
 class PlantedNullTest(absltest.TestCase):
@@ -146,7 +146,9 @@ class PlantedNullTest(absltest.TestCase):
       self.assertLess(shortcut, 0.05, arm)
     # The concept is decodable above chance everywhere (criterion 3 cannot tell), but no more after
     # blocking than in the oracle, which never saw it agree with the label.
-    for site, estimate in summary["tasks"]["decoy_digits"]["decodability_blocking_minus_oracle"].items():
+    over_oracle = summary["tasks"]["decoy_digits"]["decodability_blocking_minus_oracle"]
+    self.assertEqual(set(over_oracle), {"hidden_0", "hidden_1"})
+    for site, estimate in over_oracle.items():
       self.assertLess(abs(estimate["mean"]), 0.05, site)
 
 

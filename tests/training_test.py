@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 
 import chex
@@ -201,6 +202,8 @@ class OutputsTest(absltest.TestCase):
                   optimizer=optax.adam(1e-2), dataset=DATASET)
     training.train(config, workdir, **kwargs)
     first = training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    self.assertNotEmpty(first)
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))  # as after a crash before the first save
     training.train(config, workdir, **kwargs)
     self.assertEqual(training.read_jsonl(os.path.join(workdir, "metrics.jsonl")), first)
 
@@ -242,7 +245,8 @@ class GuardsTest(absltest.TestCase):
     breaks_at_13 = optax.scale_by_schedule(lambda count: jnp.where(count >= 13, jnp.nan, 1.0))
     workdir = tempfile.mkdtemp()
     with self.assertRaisesRegex(training.NonFiniteLossError,
-                                r"step 13 .*every term was finite but not the gradient, update or "
+                                r"training went non-finite at step 13 .*every term was finite but not the "
+                                r"gradient, update or "
                                 r"parameters .*'update_norm': \[nan\].*last good checkpoint \(step 10\)"):
       training.train(_config(checkpoint_every=10, steps_per_call=5), workdir, model=MODEL,
                      objective=objectives.compose(objectives.cross_entropy()),

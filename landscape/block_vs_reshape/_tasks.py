@@ -82,10 +82,11 @@ def decoy_digits_task(config: ml_collections.ConfigDict) -> Task:
   oracle = make("random")
   model = models.mlp(64, tuple(settings.hidden_sizes), 10)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  rows = _image_rows(make("label").arrays["mask"])  # the training data's annotation
+  training_data = make(settings.train_decoy)
+  rows = _image_rows(training_data.arrays["mask"])  # the training data's annotation
   return Task(
       name="decoy_digits", title=TASK_TITLES["decoy_digits"],
-      dataset=data.with_probe_fields(make(settings.train_decoy), oracle), oracle=oracle, probe=oracle,
+      dataset=data.with_probe_fields(training_data, oracle), oracle=oracle, probe=oracle,
       model=model,
       block_sites=("hidden_0", "hidden_1"), position=None, num_concepts=10,
       shortcut_keep=_first_layer_keep(params, ("hidden", "0", "kernel"), rows),

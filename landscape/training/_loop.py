@@ -3,8 +3,9 @@
 `train` validates everything it can before compiling, resumes from the latest complete checkpoint in
 ``workdir``, runs ``steps_per_call`` steps per compiled call (the batch is sampled inside the call from
 the dataset's arrays, the data key and the step), fetches metrics once per call, evaluates on every
-eval set, checkpoints every ``checkpoint_every`` steps and on SIGTERM, and stops on a non-finite loss
-naming the step and the term, leaving the last good checkpoint as it was.
+eval set, checkpoints every ``checkpoint_every`` steps and on SIGTERM, and stops when the loss, gradient,
+update or parameters go non-finite, naming the step and the term, leaving the last good checkpoint as
+it was.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ from landscape.training._step import make_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training produced a non-finite loss or gradient; the message names the step and the term."""
+  """Training went non-finite (a loss term, the gradient, the update or the parameters).
+
+  The message names the step and the term(s) that went bad, or the norms when every term was finite.
+  """
 
 
 class Preempted(RuntimeError):
@@ -244,7 +248,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   Raises:
     ConfigError: before compiling, for a field that cannot work (named with its value).
     UnknownSiteError: before compiling, for a term's site the model lacks.
-    NonFiniteLossError: at the first non-finite loss or gradient, naming the step and the term(s).
+    NonFiniteLossError: at the first step whose loss, gradient, update or parameters are not
+      finite, naming the step and the term(s).
     Preempted: after checkpointing, when SIGTERM arrived.
   """
   _sharding.initialize_distributed(config)
@@ -398,7 +403,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
                   f"the last good checkpoint (step {last_good}) is untouched in "
                   f"{workdir}/checkpoints")
           raise NonFiniteLossError(
-              f"non-finite loss at step {bad_step} (the update logged as step {bad_step + 1}): "
+              f"training went non-finite at step {bad_step} (the update logged as step {bad_step + 1}): "
               f"{culprit}; term values {values}; {kept}")
         step = stop
         last_train_metrics = {name: to_json_value(values[-1], num_runs)
@@ -417,7 +422,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
       checkpoints.save(step, host_view(state))
     checkpoints.wait()
     if step not in evaluations:  # resumed at the last step: its evaluation is already logged
-      run_evaluation(step, state, log=start_step != step)
+      run_evaluation(step, state, log=False)
   finally:
     writer.close()
 
