@@ -57,6 +57,12 @@ def _config(**overrides):
   return config
 
 
+def _plain_training() -> dict:
+  """`training.train`'s keyword arguments for plain cross-entropy training of MODEL on DATASET."""
+  return dict(model=MODEL, objective=objectives.compose(objectives.cross_entropy()),
+              optimizer=optax.adam(1e-2), dataset=DATASET)
+
+
 def _train(config, objective=None, **kwargs):
   workdir = tempfile.mkdtemp()
   objective = objective or objectives.compose(objectives.cross_entropy())
@@ -185,8 +191,7 @@ class OutputsTest(absltest.TestCase):
   def test_rerun_after_completion_reproduces_summary(self):
     config = _config(checkpoint_every=10)
     workdir = tempfile.mkdtemp()
-    kwargs = dict(model=MODEL, objective=objectives.compose(objectives.cross_entropy()),
-                  optimizer=optax.adam(1e-2), dataset=DATASET)
+    kwargs = _plain_training()
     first = training.train(config, workdir, **kwargs)
     again = training.train(config, workdir, **kwargs)
     self.assertEqual(first.summary["digest"], again.summary["digest"])
@@ -198,8 +203,7 @@ class OutputsTest(absltest.TestCase):
   def test_fresh_restart_without_checkpoints_starts_a_new_metrics_file(self):
     config = _config(eval_every=10)
     workdir = tempfile.mkdtemp()
-    kwargs = dict(model=MODEL, objective=objectives.compose(objectives.cross_entropy()),
-                  optimizer=optax.adam(1e-2), dataset=DATASET)
+    kwargs = _plain_training()
     training.train(config, workdir, **kwargs)
     first = training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     self.assertNotEmpty(first)
@@ -290,8 +294,7 @@ class ConfigErrorsTest(parameterized.TestCase):
   def test_resuming_with_a_different_config_names_the_field(self):
     config = _config(checkpoint_every=10)
     workdir = tempfile.mkdtemp()
-    kwargs = dict(model=MODEL, objective=objectives.compose(objectives.cross_entropy()),
-                  optimizer=optax.adam(1e-2), dataset=DATASET)
+    kwargs = _plain_training()
     training.train(config, workdir, **kwargs)
     changed = _config(checkpoint_every=10, batch_size=16)
     with self.assertRaisesRegex(training.ConfigError, r"config\.batch_size=16 \(the run has 32\)"):
