@@ -3,9 +3,9 @@
 `train` validates everything it can before compiling, resumes from the latest complete checkpoint in
 ``workdir``, runs ``steps_per_call`` steps per compiled call (the batch is sampled inside the call from
 the dataset's arrays, the data key and the step), fetches metrics once per call, evaluates on every
-eval set, checkpoints every ``checkpoint_every`` steps and on SIGTERM, and stops when the loss, gradient,
-update or parameters go non-finite, naming the step and the term, leaving the last good checkpoint as
-it was.
+eval set, checkpoints every ``checkpoint_every`` steps and on SIGTERM, and stops when the loss,
+gradient, update or parameters go non-finite, naming the step and the term, leaving the last good
+checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -403,7 +403,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
                   f"the last good checkpoint (step {last_good}) is untouched in "
                   f"{workdir}/checkpoints")
           raise NonFiniteLossError(
-              f"training went non-finite at step {bad_step} (the update logged as step {bad_step + 1}): "
+              f"training went non-finite at step {bad_step} "
+              f"(the update logged as step {bad_step + 1}): "
               f"{culprit}; term values {values}; {kept}")
         step = stop
         last_train_metrics = {name: to_json_value(values[-1], num_runs)
