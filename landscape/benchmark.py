@@ -152,7 +152,8 @@ def benchmark_transforms(config: ml_collections.ConfigDict) -> dict[str, Any]:
                          tokens_per_second=float(tokens_per_step / np.median(values)))
   # The timed steps of the scheduled variant fall between refreshes; the variant that refreshes
   # every step prices one refresh, spread here over the schedule's refresh_every steps.
-  scheduled, refreshing = results[dictionary_variant(config)], results[dictionary_variant(config) + REFRESHING]
+  dictionary_name = dictionary_variant(config)
+  scheduled, refreshing = results[dictionary_name], results[dictionary_name + REFRESHING]
   scheduled["ratio_with_refreshes_amortized"] = scheduled["ratio_to_plain"] + (
       refreshing["ratio_to_plain"] - scheduled["ratio_to_plain"]) / config.refresh_every
   return results
@@ -199,10 +200,11 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
                    objective=objective, optimizer=optimizer, dataset=dataset)
     return time.perf_counter() - start
 
-  def end_to_end_pair(num_runs: int, tag: str) -> tuple[float, float]:
-    """(S one-seed runs one after another, one S-seed run), each in fresh workdirs."""
-    one_by_one = sum(end_to_end(1, seed, f"{tag}_seed{seed}") for seed in range(num_runs))
-    return one_by_one, end_to_end(num_runs, 0, f"{tag}_together{num_runs}")
+  def one_by_one_and_together(seconds: Callable[[int, int, str], float], num_runs: int,
+                              tag: str) -> tuple[float, float]:
+    """(S one-seed runs one after another, one S-seed run), each in a fresh workdir."""
+    one_by_one = sum(seconds(1, seed, f"{tag}_seed{seed}") for seed in range(num_runs))
+    return one_by_one, seconds(num_runs, 0, f"{tag}_together{num_runs}")
 
   def seconds_per_step(num_runs: int) -> float:
     train_step = training.make_train_step(model=model, objective=objective, optimizer=optimizer)
@@ -243,10 +245,6 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
       raise RuntimeError(f"{' '.join(command)} exited with {job.returncode}:\n{job.stderr[-4000:]}")
     return seconds
 
-  def binary_pair(num_runs: int, tag: str) -> tuple[float, float]:
-    one_by_one = sum(binary_seconds(1, seed, f"{tag}_seed{seed}") for seed in range(num_runs))
-    return one_by_one, binary_seconds(num_runs, 0, f"{tag}_together{num_runs}")
-
   binaries_here = os.path.exists(os.path.join(REPOSITORY, "experiments", "train.py"))
   if not binaries_here:
     logging.warning("experiments/train.py is not beside the package: separate jobs not measured")
@@ -257,19 +255,20 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     jax.config.update("jax_enable_compilation_cache", False)
     try:
       jax.clear_caches()
-      cold = end_to_end_pair(num_runs, f"cold{num_runs}")
+      cold = one_by_one_and_together(end_to_end, num_runs, f"cold{num_runs}")
     finally:
       jax.config.update("jax_enable_compilation_cache", cache_was_on)
     warm = (float("nan"),) * 2
     if cache_was_on:
-      end_to_end_pair(num_runs, f"prime{num_runs}")  # puts both programs in the persistent cache
+      # An untimed pass puts both programs in the persistent cache.
+      one_by_one_and_together(end_to_end, num_runs, f"prime{num_runs}")
       jax.clear_caches()
-      warm = end_to_end_pair(num_runs, f"warm{num_runs}")
+      warm = one_by_one_and_together(end_to_end, num_runs, f"warm{num_runs}")
     per_step = seconds_per_step(num_runs)
     jobs = (float("nan"),) * 2
     if binaries_here and cache_was_on:
-      binary_pair(num_runs, f"prime_jobs{num_runs}")
-      jobs = binary_pair(num_runs, f"jobs{num_runs}")
+      one_by_one_and_together(binary_seconds, num_runs, f"prime_jobs{num_runs}")
+      jobs = one_by_one_and_together(binary_seconds, num_runs, f"jobs{num_runs}")
     rows[str(num_runs)] = dict(
         separate_jobs_seconds_one_by_one=jobs[0], separate_jobs_seconds_together=jobs[1],
         separate_jobs_speedup=jobs[0] / jobs[1],

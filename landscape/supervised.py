@@ -31,7 +31,7 @@ def make_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
                         f"{data.DECOY_MODES}")
     corner = config.corner
     if corner != "random":  # a flag gives the corner as a string
-      if corner not in ("0", "1", "2", "3"):
+      if corner not in [str(choice) for choice in data.DECOY_CORNERS]:
         raise ConfigError(f"config.data.corner={corner!r}: expected 'random' or 0-3")
       corner = int(corner)
     return data.decoy_digits(patch_size=config.patch_size, corner=corner, noise=config.noise,

@@ -9,6 +9,12 @@ from absl.testing import parameterized
 from landscape import data
 
 
+def _assert_same_eval_sets(first, second):
+  for name, batch in first.eval_sets.items():
+    for field, values in batch.items():
+      np.testing.assert_array_equal(values, second.eval_sets[name][field], err_msg=f"{name}/{field}")
+
+
 class SamplingTest(parameterized.TestCase):
 
   @parameterized.parameters(1, 2, 3, 17, 64, 1078, 4096, 4097)
@@ -70,9 +76,7 @@ class DecoyDigitsTest(absltest.TestCase):
 
   def test_evaluation_sets_do_not_depend_on_the_training_data(self):
     shortcut, oracle = data.decoy_digits(train_decoy="label"), data.decoy_digits(train_decoy="random")
-    for name, batch in shortcut.eval_sets.items():
-      for field, values in batch.items():
-        np.testing.assert_array_equal(values, oracle.eval_sets[name][field], err_msg=f"{name}/{field}")
+    _assert_same_eval_sets(shortcut, oracle)
     self.assertFalse(np.array_equal(shortcut.arrays["concept"], oracle.arrays["concept"]))
 
   def test_oracle_data_carries_no_label_information_in_patch(self):
@@ -107,9 +111,7 @@ class ToyColorsTest(absltest.TestCase):
   def test_evaluation_sets_do_not_depend_on_the_training_data(self):
     shortcut = data.toy_colors(num_train=100, num_eval=50, train_rule1="label")
     oracle = data.toy_colors(num_train=300, num_eval=50, train_rule1="random")
-    for name, batch in shortcut.eval_sets.items():
-      for field, values in batch.items():
-        np.testing.assert_array_equal(values, oracle.eval_sets[name][field], err_msg=f"{name}/{field}")
+    _assert_same_eval_sets(shortcut, oracle)
 
   def test_rule1_is_independent_of_the_label_out_of_distribution(self):
     ood = data.toy_colors(num_train=10, num_eval=1000).eval_sets["ood"]

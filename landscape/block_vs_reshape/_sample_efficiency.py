@@ -30,7 +30,6 @@ from landscape import models
 from landscape import objectives
 from landscape import training
 from landscape.block_vs_reshape._schedule import loop_config
-from landscape.block_vs_reshape._schedule import settings_identity
 
 CONDITIONS = ("label_only", "pro_rule1", "anti_rule1")
 PUBLISHED_RATIOS = {0.8: 71.0, 0.9: 29.0, 0.99: 6.0}
@@ -61,15 +60,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model = models.mlp(75, tuple(config.toy_colors.hidden_sizes), 2)
   grid = [{"train_size": float(size)} for size in sizes]
   curves: dict[str, dict[str, Any]] = {}
-  toy_colors = settings_identity(config.toy_colors)
   for condition in CONDITIONS:
     # Only what changes the training: thresholds are read off afterwards, and of the Toy Colors
     # settings the study uses the model, learning rate and evaluation sets.
     loop = loop_config(config, settings.steps, config.batch_size, dict(
         condition=condition, sizes=sizes.tolist(),
         explanation_weight=settings.explanation_weight,
-        toy_colors={name: toy_colors[name] for name in ("hidden_sizes", "learning_rate",
-                                                         "num_eval")}))
+        toy_colors={name: config.toy_colors[name] for name in ("hidden_sizes", "learning_rate",
+                                                                "num_eval")}))
     terms = [objectives.cross_entropy()]
     if condition != "label_only":
       terms.append(objectives.explanation_penalty(weight=settings.explanation_weight,

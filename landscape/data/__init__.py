@@ -8,6 +8,7 @@ from landscape.data._dataset import permuted_indices
 from landscape.data._dataset import split_indices
 from landscape.data._dataset import subset_sampler
 from landscape.data._dataset import with_probe_fields
+from landscape.data._digits import DECOY_CORNERS
 from landscape.data._digits import DECOY_MODES
 from landscape.data._digits import add_decoy
 from landscape.data._digits import decoy_digits

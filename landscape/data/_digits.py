@@ -21,6 +21,7 @@ NUM_CLASSES = 10
 IMAGE_SIZE = 8
 SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 DECOY_MODES = ("label", "random", "none")
+DECOY_CORNERS = (0, 1, 2, 3)  # top-left, top-right, bottom-left, bottom-right
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,7 +65,7 @@ def add_decoy(images: np.ndarray, concept: np.ndarray, rng: np.random.Generator,
     raise ValueError(f"decoy digits: patch_size={patch_size} must be in [1, {min(height, width)}]")
   if corner == "random":
     corners = rng.integers(0, 4, size=num_examples)
-  elif corner in (0, 1, 2, 3):
+  elif corner in DECOY_CORNERS:
     corners = np.full(num_examples, corner)
   else:
     raise ValueError(f"decoy digits: corner={corner!r}; expected 'random' or 0-3")

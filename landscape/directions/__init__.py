@@ -1,10 +1,5 @@
 """Interpretable directions at a model's sites: bases, and the ways to find them."""
 
-from landscape.sites._basis import Basis
-from landscape.sites._basis import BasisError
-from landscape.sites._basis import check_basis
-from landscape.sites._basis import make_basis
-from landscape.sites._basis import orthonormalize
 from landscape.directions._capture import Captures
 from landscape.directions._capture import capture
 from landscape.directions._capture import capture_dataset

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from landscape.sites._basis import Basis
-from landscape.sites._basis import BasisError
-from landscape.sites._basis import check_basis
+from landscape.sites import Basis
+from landscape.sites import BasisError
+from landscape.sites import check_basis
 from landscape.models import Model
 
 

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from landscape.data import Dataset
-from landscape.sites._basis import Basis
-from landscape.sites._basis import orthonormalize
+from landscape.sites import Basis
+from landscape.sites import orthonormalize
 from landscape.directions._capture import RowPlan
 from landscape.directions._capture import field_rows
 from landscape.directions._capture import site_rows

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape.sites._basis import Basis
-from landscape.sites._basis import make_basis
+from landscape.sites import Basis
+from landscape.sites import make_basis
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
