@@ -25,6 +25,7 @@ from landscape.objectives import Term
 from landscape.objectives import compose
 from landscape.objectives import hyperparameter
 from landscape.objectives import term
+from landscape.sites import BadInputError
 from landscape.sites import Sites
 from landscape.training import TrainState
 from landscape.training import train

@@ -20,13 +20,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from landscape.directions import BasisError
-from landscape.sites import SiteShapeError
-from landscape.sites import UnknownSiteError
-from landscape.training import ConfigError
+from landscape.sites import BadInputError
 from landscape.training import NonFiniteLossError
 from landscape.training import Preempted
-from landscape.transforms import DirectionsError
 
 COMPILATION_CACHE_VARIABLE = "LANDSCAPE_COMPILATION_CACHE"
 DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "landscape", "jax_compilation_cache")
@@ -120,13 +116,8 @@ def run(run_fn: Callable[..., object], argv: list[str]) -> None:
   logging.info("config:\n%s", config)
   try:
     run_fn(config, workdir)
-  except (ConfigError, BasisError, DirectionsError, UnknownSiteError, SiteShapeError) as error:
-    logging.error("%s", error)
-    sys.exit(EXIT_BAD_INPUT)
-  except (ValueError, KeyError) as error:
-    # The library's other checks (a data or model setting, a loss term's inputs) raise these with a
-    # message naming the value; the traceback goes first, so the message is the last line.
-    logging.info("traceback of the error below:", exc_info=True)
+  except BadInputError as error:
+    # Exactly the library's bad-input checks; anything else is a bug and keeps its traceback.
     logging.error("%s: %s", type(error).__name__, error)
     sys.exit(EXIT_BAD_INPUT)
   except NonFiniteLossError as error:

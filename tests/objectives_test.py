@@ -11,6 +11,7 @@ import optax
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import landscape
 from landscape import data
 from landscape import interventions
 from landscape import models
@@ -364,7 +365,7 @@ class ExplanationTest(absltest.TestCase):
   def test_integer_inputs_fail_loudly(self):
     def forward(params, inputs):
       return jnp.zeros((inputs.shape[0], 3)), {}
-    with self.assertRaisesRegex(TypeError, "floating inputs.*int32"):
+    with self.assertRaisesRegex(landscape.BadInputError, "floating inputs.*int32"):
       objectives.input_gradients(forward, {}, jnp.zeros((2, 4), jnp.int32))
 
 
@@ -374,7 +375,7 @@ class HyperparameterTest(absltest.TestCase):
     weight = objectives.hyperparameter("lam", scale=10.0)
     extra = {"hparams": {"lam": jnp.asarray(0.3)}}
     np.testing.assert_allclose(objectives.value_at(weight, jnp.asarray(5), extra), 3.0, rtol=1e-6)
-    with self.assertRaisesRegex(KeyError, r"'lam' is not among this run's hyper-parameters \['mu'\]"):
+    with self.assertRaisesRegex(landscape.BadInputError, r"'lam' is not among this run's hyper-parameters \['mu'\]"):
       objectives.value_at(weight, jnp.asarray(0), {"hparams": {"mu": jnp.asarray(1.0)}})
 
 

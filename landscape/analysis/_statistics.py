@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+from landscape.sites import BadInputError
 
 CONFIDENCE = 0.95
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
@@ -46,9 +47,9 @@ def mean_interval(values: Sequence[float] | np.ndarray) -> Estimate:
   """Mean and 95% t-interval of ``values`` (NaNs are an error: a run that failed must be reported)."""
   values = np.asarray(values, np.float64).ravel()
   if values.size == 0:
-    raise ValueError("mean_interval: no values")
+    raise BadInputError("mean_interval: no values")
   if not np.all(np.isfinite(values)):
-    raise ValueError(f"mean_interval: non-finite values {values}")
+    raise BadInputError(f"mean_interval: non-finite values {values}")
   mean = float(values.mean())
   if values.size == 1:
     return Estimate(mean, mean, mean, 1)
@@ -61,15 +62,15 @@ def paired_difference(first: Sequence[float], second: Sequence[float]) -> Estima
   """first - second, seed by seed, with the interval of the paired differences."""
   first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
   if first.shape != second.shape:
-    raise ValueError(f"paired_difference: shapes {first.shape} and {second.shape} differ; "
-                     "pair the same seeds")
+    raise BadInputError(f"paired_difference: shapes {first.shape} and {second.shape} differ; "
+                        "pair the same seeds")
   return mean_interval(first - second)
 
 
 def judge(estimate: Estimate, *, at_least: float | None = None, at_most: float | None = None) -> str:
   """HOLDS, FAILS or INCONCLUSIVE for "estimate >= at_least" or "estimate <= at_most"."""
   if (at_least is None) == (at_most is None):
-    raise ValueError("judge: give exactly one of at_least and at_most")
+    raise BadInputError("judge: give exactly one of at_least and at_most")
   if at_least is not None:
     if estimate.low >= at_least:
       return HOLDS

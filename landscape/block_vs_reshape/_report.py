@@ -27,6 +27,7 @@ from landscape.block_vs_reshape._results import best_of
 from landscape.block_vs_reshape._results import load_arm
 from landscape.block_vs_reshape._sample_efficiency import CONDITIONS
 from landscape.block_vs_reshape._tasks import TASK_TITLES
+from landscape.sites import BadInputError
 
 RESHAPING_OVER_BLOCKING = 0.10
 ORACLE_OVER_RESHAPING = 0.05
@@ -56,8 +57,8 @@ def _arm(results: list[ArmResult], arm: str) -> ArmResult | None:
 
 def _paired(first: ArmResult, second: ArmResult, metric: str) -> analysis.Estimate:
   if first.seeds != second.seeds:
-    raise ValueError(f"{first.arm} and {second.arm} were trained with different seeds "
-                     f"({first.seeds} vs {second.seeds}); they cannot be paired")
+    raise BadInputError(f"{first.arm} and {second.arm} were trained with different seeds "
+                        f"({first.seeds} vs {second.seeds}); they cannot be paired")
   return analysis.paired_difference(first.final[metric], second.final[metric])
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from landscape.sites import BadInputError
 
 Batch = dict[str, Any]
 
@@ -109,16 +110,16 @@ def array_dataset(name: str, train: Batch, eval_sets: Mapping[str, Batch], *,
   train = {key: np.asarray(value) for key, value in train.items()}
   sizes = {key: value.shape[0] for key, value in train.items()}
   if len(set(sizes.values())) != 1:
-    raise ValueError(f"dataset {name!r}: training fields have different lengths {sizes}")
+    raise BadInputError(f"dataset {name!r}: training fields have different lengths {sizes}")
   num_examples = next(iter(sizes.values()))
   for set_name, batch in eval_sets.items():
     lengths = {key: np.shape(value)[0] for key, value in batch.items()}
     if len(set(lengths.values())) != 1:
-      raise ValueError(f"dataset {name!r}: eval set {set_name!r} fields have different lengths {lengths}")
+      raise BadInputError(f"dataset {name!r}: eval set {set_name!r} fields have different lengths {lengths}")
 
   def sample(arrays: Batch, data_key: jax.Array, step: jax.Array, batch_size: int) -> Batch:
     if batch_size > num_examples:
-      raise ValueError(f"dataset {name!r}: batch_size {batch_size} > {num_examples} training examples")
+      raise BadInputError(f"dataset {name!r}: batch_size {batch_size} > {num_examples} training examples")
     steps_per_epoch = num_examples // batch_size
     epoch, position = jnp.divmod(step, steps_per_epoch)
     positions = position * batch_size + jnp.arange(batch_size)
@@ -160,8 +161,8 @@ def with_probe_fields(dataset: Dataset, probe: Dataset, *, fields: tuple[str, ..
     return batch
 
   if probe.reads_hparams and not dataset.reads_hparams:
-    raise ValueError(f"with_probe_fields: probe {probe.name!r} reads hyper-parameters but "
-                     f"{dataset.name!r} does not")
+    raise BadInputError(f"with_probe_fields: probe {probe.name!r} reads hyper-parameters but "
+                        f"{dataset.name!r} does not")
   return dataclasses.replace(dataset, sample=sample,
                              arrays={"train": dataset.arrays, "probe": probe.arrays},
                              info=dict(dataset.info, probe=probe.name))

@@ -16,6 +16,7 @@ import numpy as np
 from landscape.data._dataset import Dataset
 from landscape.data._dataset import array_dataset
 from landscape.data._dataset import split_indices
+from landscape.sites import BadInputError
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -62,13 +63,13 @@ def add_decoy(images: np.ndarray, concept: np.ndarray, rng: np.random.Generator,
   """
   num_examples, height, width = images.shape
   if not 1 <= patch_size <= min(height, width):
-    raise ValueError(f"decoy digits: patch_size={patch_size} must be in [1, {min(height, width)}]")
+    raise BadInputError(f"decoy digits: patch_size={patch_size} must be in [1, {min(height, width)}]")
   if corner == "random":
     corners = rng.integers(0, 4, size=num_examples)
   elif corner in DECOY_CORNERS:
     corners = np.full(num_examples, corner)
   else:
-    raise ValueError(f"decoy digits: corner={corner!r}; expected 'random' or 0-3")
+    raise BadInputError(f"decoy digits: corner={corner!r}; expected 'random' or 0-3")
   rows = np.where(corners >= 2, height - patch_size, 0)
   cols = np.where(corners % 2 == 1, width - patch_size, 0)
   mask = np.zeros_like(images)
@@ -91,7 +92,7 @@ def decoy_digits(*, patch_size: int = 2, corner: str | int = "random", noise: fl
   split, so a choice made on validation never sees a test example.
   """
   if train_decoy not in DECOY_MODES:
-    raise ValueError(f"decoy digits: train_decoy={train_decoy!r}; expected one of {DECOY_MODES}")
+    raise BadInputError(f"decoy digits: train_decoy={train_decoy!r}; expected one of {DECOY_MODES}")
   splits = digits_splits(split_seed=split_seed)
   paint = functools.partial(add_decoy, patch_size=patch_size, corner=corner, noise=noise)
 

@@ -16,6 +16,7 @@ import numpy as np
 from landscape.data._dataset import Batch
 from landscape.data._dataset import Dataset
 from landscape.data._dataset import generator_dataset
+from landscape.sites import BadInputError
 
 TokenTask = Callable[[jax.Array, int], Batch]
 
@@ -88,9 +89,9 @@ def marker_task(*, num_classes: int = 4, num_fillers: int = 16, seq_len: int = 8
   mask (B, T), 1 at the marker's position.
   """
   if marker not in MARKER_MODES:
-    raise ValueError(f"marker task: marker={marker!r}; expected one of {MARKER_MODES}")
+    raise BadInputError(f"marker task: marker={marker!r}; expected one of {MARKER_MODES}")
   if seq_len < 3:
-    raise ValueError(f"marker task: seq_len={seq_len} must be >= 3 (first token, marker, query)")
+    raise BadInputError(f"marker task: seq_len={seq_len} must be >= 3 (first token, marker, query)")
   query_token = 2 * num_classes + num_fillers
 
   def generate(key: jax.Array, batch_size: int) -> Batch:

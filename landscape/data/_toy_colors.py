@@ -17,6 +17,7 @@ import numpy as np
 
 from landscape.data._dataset import Dataset
 from landscape.data._dataset import array_dataset
+from landscape.sites import BadInputError
 
 COLORS = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 1.0], [0.5, 0.0, 1.0]], np.float32)
 SIZE = 5
@@ -50,7 +51,7 @@ def toy_color_images(labels: np.ndarray, rng: np.random.Generator, *, rule1: str
   """
   for name, mode in (("rule1", rule1), ("rule2", rule2)):
     if mode not in RULE_MODES:
-      raise ValueError(f"toy colors: {name}={mode!r}; expected one of {RULE_MODES}")
+      raise BadInputError(f"toy colors: {name}={mode!r}; expected one of {RULE_MODES}")
   num_examples = len(labels)
   color_index = rng.integers(len(COLORS), size=(num_examples, SIZE, SIZE))
   concept = np.empty(num_examples, np.int32)

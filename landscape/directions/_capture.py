@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec
 from landscape.data import Dataset
 from landscape.models import Model
 from landscape.sites import ALL_SITES
+from landscape.sites import BadInputError
 
 Batch = Mapping[str, Any]
 _INDEX_FIELDS = ("row", "example", "position")
@@ -99,23 +100,23 @@ def plan_rows(model: Model, params: Any, example_inputs: Any, sites: Iterable[st
   """
   names = model.site_names if sites == ALL_SITES else tuple(sites)
   if not names:
-    raise ValueError(f"{what}: no sites to capture")
+    raise BadInputError(f"{what}: no sites to capture")
   model.check_sites(names, what=what)
   shapes = model.site_shapes(params, example_inputs)
   middles = {name: tuple(shapes[name].shape[1:-1]) for name in names}
   distinct = sorted(set(middles.values()))
   if len(distinct) > 1:
     listing = ", ".join(f"{name} {tuple(shapes[name].shape)}" for name in names)
-    raise ValueError(f"{what}: the sites have different position axes ({listing}); capture sites "
-                     "with the same (B, ..., D) layout together")
+    raise BadInputError(f"{what}: the sites have different position axes ({listing}); capture sites "
+                        "with the same (B, ..., D) layout together")
   middle = distinct[0]
   if position is not None:
     if not middle:
-      raise ValueError(f"{what}: position={position} but the sites {list(names)} have no position "
-                       f"axis (shape {tuple(shapes[names[0]].shape)})")
+      raise BadInputError(f"{what}: position={position} but the sites {list(names)} have no position "
+                          f"axis (shape {tuple(shapes[names[0]].shape)})")
     if not -middle[0] <= position < middle[0]:
-      raise ValueError(f"{what}: position={position} is outside axis 1 of size {middle[0]} (site "
-                       f"{names[0]!r}, shape {tuple(shapes[names[0]].shape)})")
+      raise BadInputError(f"{what}: position={position} is outside axis 1 of size {middle[0]} (site "
+                          f"{names[0]!r}, shape {tuple(shapes[names[0]].shape)})")
     position = position % middle[0]
   return RowPlan(sites=tuple(names), middle=middle, position=position)
 
@@ -163,7 +164,7 @@ def kept_rows(total_rows: int, max_rows: int | None, seed: int) -> np.ndarray:
   if max_rows is None or max_rows >= total_rows:
     return np.arange(total_rows)
   if max_rows < 1:
-    raise ValueError(f"max_rows={max_rows} must be positive")
+    raise BadInputError(f"max_rows={max_rows} must be positive")
   return np.sort(np.random.default_rng(seed).choice(total_rows, size=max_rows, replace=False))
 
 
@@ -209,7 +210,7 @@ def _field_names(fields: Sequence[str] | None, available: Iterable[str], *,
     return tuple(name for name in available if name not in _INDEX_FIELDS)
   missing = sorted(set(fields) - set(available))
   if missing:
-    raise ValueError(f"{what}: field(s) {missing} not in the batch; it has {sorted(available)}")
+    raise BadInputError(f"{what}: field(s) {missing} not in the batch; it has {sorted(available)}")
   return tuple(fields)
 
 
@@ -264,11 +265,11 @@ def capture(model: Model, params: Any, batch: Batch, *, sites: Iterable[str] | s
   what = f"capture ({model.name})"
   batch = {name: np.asarray(value) for name, value in batch.items()}
   if "inputs" not in batch:
-    raise ValueError(f"{what}: the batch has no 'inputs' field (fields: {sorted(batch)})")
+    raise BadInputError(f"{what}: the batch has no 'inputs' field (fields: {sorted(batch)})")
   num_examples = batch["inputs"].shape[0]
   lengths = {name: value.shape[0] for name, value in batch.items()}
   if len(set(lengths.values())) != 1:
-    raise ValueError(f"{what}: fields have different lengths {lengths}")
+    raise BadInputError(f"{what}: fields have different lengths {lengths}")
   field_names = _field_names(fields, batch, what=what)
   plan = plan_rows(model, params, batch["inputs"][:min(2, num_examples)], sites, position, what=what)
   mesh = batch_mesh(devices)
@@ -307,7 +308,7 @@ def capture_dataset(model: Model, params: Any, dataset: Dataset, *, num_batches:
   """
   what = f"capture_dataset ({model.name}, {dataset.name})"
   if num_batches < 1 or batch_size < 1:
-    raise ValueError(f"{what}: num_batches={num_batches} and batch_size={batch_size} must be >= 1")
+    raise BadInputError(f"{what}: num_batches={num_batches} and batch_size={batch_size} must be >= 1")
   abstract = jax.eval_shape(lambda a, k: dataset.sample(a, k, jnp.asarray(start_step), batch_size),
                             dataset.arrays, data_key)
   field_names = _field_names(fields, abstract, what=what)

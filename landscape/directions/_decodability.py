@@ -41,6 +41,7 @@ from landscape.directions._statistics import check_rows
 from landscape.directions._statistics import class_labels
 from landscape.models import Model
 from landscape.sites import ALL_SITES
+from landscape.sites import BadInputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +111,7 @@ class _DecodabilityFn:
     self._batch = {name: np.asarray(value) for name, value in batch.items()}
     what = f"decodability ({model.name})"
     if "inputs" not in self._batch or field not in self._batch:
-      raise ValueError(f"{what}: the batch needs 'inputs' and {field!r}; it has {sorted(self._batch)}")
+      raise BadInputError(f"{what}: the batch needs 'inputs' and {field!r}; it has {sorted(self._batch)}")
     self._what = what
     self._field = field
     self._sites = model.site_names if sites in (None, ALL_SITES) else tuple(sites)
@@ -143,8 +144,8 @@ class _DecodabilityFn:
                        options["position"], what=self._what)
       row_labels = np.asarray(field_rows(field, plan))
       if row_labels.ndim != 1:
-        raise ValueError(f"{self._what}: field {self._field!r} of shape {field.shape} does not give "
-                         f"one label per row at sites {group} (rows of labels: {row_labels.shape})")
+        raise BadInputError(f"{self._what}: field {self._field!r} of shape {field.shape} does not give "
+                            f"one label per row at sites {group} (rows of labels: {row_labels.shape})")
       kept = kept_rows(num_examples * plan.rows_per_example, options["max_rows"], options["seed"])
       train, heldout = split_masks(len(kept), options["heldout_fraction"], options["seed"],
                                    groups_N=kept // plan.rows_per_example)
@@ -194,7 +195,7 @@ class _DecodabilityFn:
     given at construction read; it may be None when there are none.
     """
     if self._interventions is not None and stacked_extra is None:
-      raise ValueError(f"{self._what}: built with interventions, so call it with the runs' extra")
+      raise BadInputError(f"{self._what}: built with interventions, so call it with the runs' extra")
     params_like = jax.tree_util.tree_map(
         lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf)[1:], leaf.dtype), stacked_params)
     key = jax.tree_util.tree_structure(params_like), tuple(

@@ -31,6 +31,7 @@ from landscape.directions._statistics import HIGHEST
 from landscape.directions._statistics import check_rows
 from landscape.directions._statistics import class_directions
 from landscape.directions._statistics import class_labels
+from landscape.sites import BadInputError
 
 _POWER_ITERATIONS = 32
 _CURVATURE_MARGIN = 1.1
@@ -163,7 +164,7 @@ def split_masks(num_rows: int, heldout_fraction: float, seed: int,
   from ``np.random.default_rng(seed)``; a fraction of 0 holds nothing out.
   """
   if not 0.0 <= heldout_fraction < 1.0:
-    raise ValueError(f"heldout_fraction={heldout_fraction} must be in [0, 1)")
+    raise BadInputError(f"heldout_fraction={heldout_fraction} must be in [0, 1)")
   groups = np.arange(num_rows) if groups_N is None else np.asarray(groups_N)
   unique, inverse = np.unique(groups, return_inverse=True)
   order = np.random.default_rng(seed).permutation(len(unique))
@@ -215,13 +216,13 @@ def _prepare(acts_NxD, *, site, what, num_rows, heldout_fraction, seed, groups, 
   if heldout is not None:
     heldout = np.asarray(heldout, bool).reshape(-1)
     if heldout.shape != (num_rows,):
-      raise ValueError(f"{what} at site {site!r}: held-out mask of shape {heldout.shape} for "
-                       f"{num_rows} rows")
+      raise BadInputError(f"{what} at site {site!r}: held-out mask of shape {heldout.shape} for "
+                          f"{num_rows} rows")
     train_mask, heldout_mask = (~heldout).astype(np.float32), heldout.astype(np.float32)
   else:
     train_mask, heldout_mask = split_masks(num_rows, heldout_fraction, seed, groups)
   if not train_mask.any():
-    raise ValueError(f"{what} at site {site!r}: no training rows among {num_rows}")
+    raise BadInputError(f"{what} at site {site!r}: no training rows among {num_rows}")
   return jnp.asarray(acts_NxD, jnp.float32), train_mask, heldout_mask
 
 
@@ -299,7 +300,7 @@ def ridge_probe(acts_NxD: np.ndarray | jax.Array, targets: np.ndarray | jax.Arra
   else:
     targets_NxK = targets.astype(np.float32).reshape(targets.shape[0], -1)
     if not np.all(np.isfinite(targets_NxK)):
-      raise ValueError(f"ridge_probe at site {site!r}: non-finite targets")
+      raise BadInputError(f"ridge_probe at site {site!r}: non-finite targets")
     names = ((field,) if targets.ndim == 1
              else tuple(f"{field}/{k}" for k in range(targets_NxK.shape[1])))
     labels = None

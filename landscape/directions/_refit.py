@@ -42,6 +42,7 @@ from landscape.directions._statistics import class_directions
 from landscape.directions._statistics import diff_of_means_rows
 from landscape.directions._statistics import weighted_class_means
 from landscape.models import Model
+from landscape.sites import BadInputError
 
 REFIT_METHODS = ("diff_of_means", "logistic_probe", "ridge_probe")
 
@@ -80,8 +81,8 @@ def _row_plan(act: jax.Array, site: str, position: int | None) -> RowPlan:
   middle = tuple(act.shape[1:-1])
   if position is not None:
     if not middle or not -middle[0] <= position < middle[0]:
-      raise ValueError(f"refit_basis: position={position} does not index axis 1 of site {site!r} "
-                       f"(shape {act.shape})")
+      raise BadInputError(f"refit_basis: position={position} does not index axis 1 of site {site!r} "
+                          f"(shape {act.shape})")
     position = position % middle[0]
   return RowPlan(sites=(site,), middle=middle, position=position)
 
@@ -101,8 +102,8 @@ def _probe_rows(name: str, *, model: Model, site: str, data: Dataset | Mapping[s
     source = f"{period} on a fixed batch of {len(fixed.get('inputs', ()))}"
   missing = sorted({"inputs", field} - set(available))
   if missing:
-    raise ValueError(f"refit {name!r}: the data has no field(s) {missing}; it has "
-                     f"{sorted(available)}")
+    raise BadInputError(f"refit {name!r}: the data has no field(s) {missing}; it has "
+                        f"{sorted(available)}")
 
   def rows_at(params: Any, key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     if isinstance(data, Dataset):
@@ -113,8 +114,8 @@ def _probe_rows(name: str, *, model: Model, site: str, data: Dataset | Mapping[s
     plan = _row_plan(acts[site], site, position)
     labels_N = field_rows(batch[field], plan)
     if labels_N.ndim != 1:
-      raise ValueError(f"refit {name!r}: field {field!r} of shape {batch[field].shape} does not "
-                       f"give one label per row of site {site!r} (shape {acts[site].shape})")
+      raise BadInputError(f"refit {name!r}: field {field!r} of shape {batch[field].shape} does not "
+                          f"give one label per row of site {site!r} (shape {acts[site].shape})")
     return site_rows(acts[site], plan).astype(jnp.float32), labels_N.astype(jnp.int32)
 
   return rows_at, source
@@ -130,9 +131,9 @@ def refit_class_means(name: str, *, model: Model, site: str, data: Dataset | Map
   ``position`` alike). Not orthonormalised: the offsets keep their lengths.
   """
   if every < 0:
-    raise ValueError(f"refit_class_means {name!r}: every={every} must be >= 0 (0: fit once at init)")
+    raise BadInputError(f"refit_class_means {name!r}: every={every} must be >= 0 (0: fit once at init)")
   if num_classes < 2:
-    raise ValueError(f"refit_class_means {name!r}: num_classes={num_classes} must be >= 2")
+    raise BadInputError(f"refit_class_means {name!r}: num_classes={num_classes} must be >= 2")
   model.check_sites([site], what=f"refit_class_means {name!r}")
   rows_at, _ = _probe_rows(name, model=model, site=site, data=data, field=field, every=every,
                            batch_size=batch_size, position=position)
@@ -172,11 +173,11 @@ def refit_basis(name: str, *, model: Model, site: str, data: Dataset | Mapping[s
     data source without ``inputs`` or ``field``.
   """
   if method not in REFIT_METHODS:
-    raise ValueError(f"refit_basis {name!r}: method={method!r}; expected one of {REFIT_METHODS}")
+    raise BadInputError(f"refit_basis {name!r}: method={method!r}; expected one of {REFIT_METHODS}")
   if every < 0:
-    raise ValueError(f"refit_basis {name!r}: every={every} must be >= 0 (0: fit once at init)")
+    raise BadInputError(f"refit_basis {name!r}: every={every} must be >= 0 (0: fit once at init)")
   if num_classes < 2:
-    raise ValueError(f"refit_basis {name!r}: num_classes={num_classes} must be >= 2")
+    raise BadInputError(f"refit_basis {name!r}: num_classes={num_classes} must be >= 2")
   model.check_sites([site], what=f"refit_basis {name!r}")
   rows_at, source = _probe_rows(name, model=model, site=site, data=data, field=field, every=every,
                                 batch_size=batch_size, position=position)
@@ -197,8 +198,8 @@ def refit_basis(name: str, *, model: Model, site: str, data: Dataset | Mapping[s
   def fit(params: Any, key: jax.Array, step: jax.Array) -> Basis:
     acts_NxD, labels_N = rows_at(params, key, step)
     if num_classes - 1 > acts_NxD.shape[1]:
-      raise ValueError(f"refit_basis {name!r}: {num_classes - 1} directions do not fit in site "
-                       f"{site!r} of width {acts_NxD.shape[1]}")
+      raise BadInputError(f"refit_basis {name!r}: {num_classes - 1} directions do not fit in site "
+                          f"{site!r} of width {acts_NxD.shape[1]}")
     rows = rows_of(acts_NxD, labels_N.astype(jnp.int32), jnp.ones(labels_N.shape, jnp.float32))
     return Basis(vectors=orthonormalize(rows).astype(jnp.float32),
                  fitted_step=jnp.asarray(step, jnp.int32), site=site, labels=labels,

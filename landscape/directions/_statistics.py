@@ -20,6 +20,7 @@ import numpy as np
 
 from landscape.sites import Basis
 from landscape.sites import make_basis
+from landscape.sites import BadInputError
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -29,20 +30,20 @@ def class_labels(labels: np.ndarray | jax.Array, num_classes: int | None, *, sit
   """Host-side check of integer class labels (N,); returns them as int32 and the number of classes."""
   labels = np.asarray(labels)
   if labels.ndim != 1:
-    raise ValueError(f"{what} at site {site!r}: labels must be (N,), got shape {labels.shape}")
+    raise BadInputError(f"{what} at site {site!r}: labels must be (N,), got shape {labels.shape}")
   if not np.issubdtype(labels.dtype, np.integer):
     if not np.all(labels == np.round(labels)):
-      raise ValueError(f"{what} at site {site!r}: labels must be integer classes, got dtype "
-                       f"{labels.dtype}")
+      raise BadInputError(f"{what} at site {site!r}: labels must be integer classes, got dtype "
+                          f"{labels.dtype}")
   labels = labels.astype(np.int32)
   if labels.size and labels.min() < 0:
-    raise ValueError(f"{what} at site {site!r}: negative class label {labels.min()}")
+    raise BadInputError(f"{what} at site {site!r}: negative class label {labels.min()}")
   inferred = int(labels.max()) + 1 if labels.size else 0
   num_classes = inferred if num_classes is None else num_classes
   if inferred > num_classes:
-    raise ValueError(f"{what} at site {site!r}: label {inferred - 1} >= num_classes={num_classes}")
+    raise BadInputError(f"{what} at site {site!r}: label {inferred - 1} >= num_classes={num_classes}")
   if num_classes < 2:
-    raise ValueError(f"{what} at site {site!r}: need at least 2 classes, got {num_classes}")
+    raise BadInputError(f"{what} at site {site!r}: need at least 2 classes, got {num_classes}")
   return labels, num_classes
 
 
@@ -51,12 +52,12 @@ def check_rows(acts_NxD: np.ndarray | jax.Array, *, site: str, what: str,
   """Host-side: (N, D) with N matching the labels, and finite values, or a message naming the site."""
   shape = tuple(np.shape(acts_NxD))
   if len(shape) != 2:
-    raise ValueError(f"{what} at site {site!r}: activations must be (N, D) rows, got shape {shape}")
+    raise BadInputError(f"{what} at site {site!r}: activations must be (N, D) rows, got shape {shape}")
   if num_rows is not None and shape[0] != num_rows:
-    raise ValueError(f"{what} at site {site!r}: {shape[0]} activation rows (shape {shape}) but "
-                     f"{num_rows} labels")
+    raise BadInputError(f"{what} at site {site!r}: {shape[0]} activation rows (shape {shape}) but "
+                        f"{num_rows} labels")
   if not np.all(np.isfinite(np.asarray(acts_NxD))):
-    raise ValueError(f"{what} at site {site!r}: non-finite activations in shape {shape}")
+    raise BadInputError(f"{what} at site {site!r}: non-finite activations in shape {shape}")
 
 
 def class_directions(label_names: Sequence[str] | None, num_classes: int,
@@ -64,7 +65,7 @@ def class_directions(label_names: Sequence[str] | None, num_classes: int,
   """The labels of the C - 1 class directions (classes 1..C-1 against the rest)."""
   names = list(label_names) if label_names is not None else [str(c) for c in range(num_classes)]
   if len(names) != num_classes:
-    raise ValueError(f"{len(names)} label names for {num_classes} classes")
+    raise BadInputError(f"{len(names)} label names for {num_classes} classes")
   return tuple(f"{field}={names[c]}" for c in range(1, num_classes))
 
 
@@ -120,8 +121,8 @@ def diff_of_means(acts_NxD: np.ndarray | jax.Array, labels_N: np.ndarray | jax.A
   check_rows(acts_NxD, site=site, what="diff_of_means", num_rows=labels.shape[0])
   missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
   if missing:
-    raise ValueError(f"diff_of_means at site {site!r}: class(es) {missing} have no rows among "
-                     f"{labels.shape[0]} (activations {tuple(np.shape(acts_NxD))})")
+    raise BadInputError(f"diff_of_means at site {site!r}: class(es) {missing} have no rows among "
+                        f"{labels.shape[0]} (activations {tuple(np.shape(acts_NxD))})")
   rows = _diff_of_means_rows(jnp.asarray(acts_NxD, jnp.float32), jnp.asarray(labels),
                              jnp.ones(labels.shape, jnp.float32), num_classes)
   return make_basis(np.asarray(rows), site=site, method="diff_of_means", source=source,
@@ -181,16 +182,16 @@ def pca(acts_NxD: np.ndarray | jax.Array, num_components: int, *, site: str,
   check_rows(acts_NxD, site=site, what="pca")
   num_rows, width = np.shape(acts_NxD)
   if not 1 <= num_components <= min(width, num_rows):
-    raise ValueError(f"pca at site {site!r}: num_components={num_components} must be in "
-                     f"[1, min(D, N)] for activations of shape {(num_rows, width)}")
+    raise BadInputError(f"pca at site {site!r}: num_components={num_components} must be in "
+                        f"[1, min(D, N)] for activations of shape {(num_rows, width)}")
   components, variances, total, mean = _principal_components(jnp.asarray(acts_NxD, jnp.float32),
                                                              num_components)
   variances = np.asarray(variances, np.float64)
   floor = 1e-6 * max(float(variances[0]), 1e-30)
   if variances[-1] <= floor:
-    raise ValueError(f"pca at site {site!r}: component {int(np.argmax(variances <= floor))} of "
-                     f"{num_components} has variance {variances[-1]:.3g}; the rows of shape "
-                     f"{(num_rows, width)} span fewer dimensions")
+    raise BadInputError(f"pca at site {site!r}: component {int(np.argmax(variances <= floor))} of "
+                        f"{num_components} has variance {variances[-1]:.3g}; the rows of shape "
+                        f"{(num_rows, width)} span fewer dimensions")
   basis = make_basis(np.asarray(components), site=site, method="pca", source=source,
                      labels=tuple(f"pc{k}" for k in range(num_components)))
   return PCAResult(basis=basis, explained_variance=variances,
@@ -217,18 +218,18 @@ def sae_basis(decoder_NxD: np.ndarray | jax.Array, features: Sequence[int] | np.
   """
   decoder = np.asarray(decoder_NxD)
   if decoder.ndim != 2:
-    raise ValueError(f"sae_basis at site {site!r}: decoder must be (N, D), got shape {decoder.shape}")
+    raise BadInputError(f"sae_basis at site {site!r}: decoder must be (N, D), got shape {decoder.shape}")
   features = np.asarray(features)
   if features.dtype == bool:
     if features.shape != (decoder.shape[0],):
-      raise ValueError(f"sae_basis at site {site!r}: mask of shape {features.shape} for a decoder of "
-                       f"shape {decoder.shape}")
+      raise BadInputError(f"sae_basis at site {site!r}: mask of shape {features.shape} for a decoder of "
+                          f"shape {decoder.shape}")
     features = np.nonzero(features)[0]
   features = features.astype(np.int64).reshape(-1)
   if not features.size:
-    raise ValueError(f"sae_basis at site {site!r}: no latent selected")
+    raise BadInputError(f"sae_basis at site {site!r}: no latent selected")
   if features.min() < 0 or features.max() >= decoder.shape[0]:
-    raise ValueError(f"sae_basis at site {site!r}: latent indices {features.tolist()} out of range "
-                     f"for a decoder of shape {decoder.shape}")
+    raise BadInputError(f"sae_basis at site {site!r}: latent indices {features.tolist()} out of range "
+                        f"for a decoder of shape {decoder.shape}")
   labels = tuple(labels) if labels is not None else tuple(f"sae/{i}" for i in features.tolist())
   return make_basis(decoder[features], site=site, labels=labels, method="sae", source=source)

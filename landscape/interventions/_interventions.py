@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from landscape.sites import Basis
+from landscape.sites import BadInputError
 
 
 def _as_rows(vectors: jax.Array | Basis) -> jax.Array:
@@ -80,8 +81,8 @@ class SteerExamples:
 
   def __call__(self, act: jax.Array) -> jax.Array:
     if act.shape[0] != self.vectors_BxD.shape[0]:
-      raise ValueError(f"SteerExamples: {self.vectors_BxD.shape[0]} vectors for a batch of "
-                       f"{act.shape[0]} (activation shape {act.shape})")
+      raise BadInputError(f"SteerExamples: {self.vectors_BxD.shape[0]} vectors for a batch of "
+                          f"{act.shape[0]} (activation shape {act.shape})")
     shift = jnp.asarray(self.alpha, act.dtype) * self.vectors_BxD.astype(act.dtype)
     return act + jnp.reshape(shift, shift.shape[:1] + (1,) * (act.ndim - 2) + shift.shape[1:])
 
@@ -217,7 +218,7 @@ def clamp(direction: jax.Array, value: float | jax.Array, *, backward_only: bool
   """Clamps the coordinate along a unit ``direction`` (a vector or a one-row `Basis`) to ``value``."""
   rows = _as_rows(direction)
   if rows.shape[0] != 1:
-    raise ValueError(f"clamp: expected one direction, got {rows.shape[0]} (shape {rows.shape})")
+    raise BadInputError(f"clamp: expected one direction, got {rows.shape[0]} (shape {rows.shape})")
   intervention = Clamp(rows[0], jnp.asarray(value, jnp.float32))
   return BackwardOnly(intervention) if backward_only else intervention
 

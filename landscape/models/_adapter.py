@@ -18,6 +18,7 @@ from flax import nnx
 from landscape.sites import ParamLink
 from landscape.sites import Sites
 from landscape.sites import check_site_names
+from landscape.sites import BadInputError
 
 Params = dict[str, Any]
 
@@ -83,7 +84,7 @@ def from_nnx(make_module: Callable[[nnx.Rngs], nnx.Module], *, name: str | None 
   graphdef, abstract_state = nnx.split(abstract)
   non_params = nnx.state(abstract, nnx.Not(nnx.Param))
   if jax.tree_util.tree_leaves(non_params):
-    raise TypeError(
+    raise BadInputError(
         f"from_nnx: {type(abstract).__name__} holds non-Param state "
         f"{list(nnx.to_flat_state(non_params).keys())[:5]}; only nnx.Param variables are supported")
   template = nnx.to_pure_dict(abstract_state)

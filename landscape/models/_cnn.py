@@ -13,6 +13,7 @@ from landscape.models._adapter import from_nnx
 from landscape.models._mlp import dense_site_links
 from landscape.sites import ParamLink
 from landscape.sites import Sites
+from landscape.sites import BadInputError
 
 
 class CNN(nnx.Module):
@@ -36,7 +37,7 @@ class CNN(nnx.Module):
                pool: bool = False):
     input_shape = tuple(input_shape)
     if len(input_shape) not in (2, 3):
-      raise ValueError(f"CNN: input_shape must be (H, W) or (H, W, C), got {input_shape}")
+      raise BadInputError(f"CNN: input_shape must be (H, W) or (H, W, C), got {input_shape}")
     height, width = input_shape[:2]
     in_channels = input_shape[2] if len(input_shape) == 3 else 1
     self.input_shape = input_shape
@@ -51,7 +52,7 @@ class CNN(nnx.Module):
       for _ in channels:
         height, width = height // 2, width // 2
       if height == 0 or width == 0:
-        raise ValueError(f"CNN: {len(channels)} 2x2 poolings leave nothing of {input_shape}")
+        raise BadInputError(f"CNN: {len(channels)} 2x2 poolings leave nothing of {input_shape}")
     widths = [height * width * conv_channels[-1], *hidden_sizes]
     self.hidden = nnx.List([
         nnx.Linear(width_in, width_out, rngs=rngs)
@@ -85,7 +86,7 @@ class CNN(nnx.Module):
   def __call__(self, inputs: jax.Array, sites: Sites) -> jax.Array:
     x = inputs[..., None] if len(self.input_shape) == 2 else inputs
     if x.shape[1:] != self.image_shape:
-      raise ValueError(f"CNN: inputs {inputs.shape} do not match input_shape {self.input_shape}")
+      raise BadInputError(f"CNN: inputs {inputs.shape} do not match input_shape {self.input_shape}")
     for name, conv in zip(self.conv_site_names(), self.convs):
       x = sites(name, jax.nn.relu(conv(x)))
       if self.pool:

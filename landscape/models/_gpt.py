@@ -24,6 +24,7 @@ from landscape.models._adapter import Model
 from landscape.models._adapter import from_nnx
 from landscape.sites import ParamLink
 from landscape.sites import Sites
+from landscape.sites import BadInputError
 
 BLOCK_SITE_KINDS = ("resid_pre", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
 _POSITIONS = ("learned", "rotary")
@@ -67,18 +68,18 @@ class GPTConfig:
 
   def __post_init__(self):
     if self.positions not in _POSITIONS:
-      raise ValueError(f"GPTConfig: positions must be one of {_POSITIONS}, got {self.positions!r}")
+      raise BadInputError(f"GPTConfig: positions must be one of {_POSITIONS}, got {self.positions!r}")
     if self.attention not in _ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"GPTConfig: attention must be one of {_ATTENTION_IMPLEMENTATIONS}, got "
-                       f"{self.attention!r}")
+      raise BadInputError(f"GPTConfig: attention must be one of {_ATTENTION_IMPLEMENTATIONS}, got "
+                          f"{self.attention!r}")
     if self.d_model % self.num_heads:
-      raise ValueError(f"GPTConfig: num_heads={self.num_heads} does not divide "
-                       f"d_model={self.d_model}")
+      raise BadInputError(f"GPTConfig: num_heads={self.num_heads} does not divide "
+                          f"d_model={self.d_model}")
     if self.positions == "rotary" and self.head_width % 2:
-      raise ValueError(
+      raise BadInputError(
           f"GPTConfig: rotary positions need an even head width, got {self.head_width}")
     if self.num_layers < 1:
-      raise ValueError(f"GPTConfig: num_layers must be at least 1, got {self.num_layers}")
+      raise BadInputError(f"GPTConfig: num_layers must be at least 1, got {self.num_layers}")
 
   @property
   def mlp_width(self) -> int:
@@ -286,7 +287,7 @@ class GPT(nnx.Module):
     rotary = None
     if config.positions == "learned":
       if length > config.max_len:
-        raise ValueError(f"GPT: {length} tokens exceed max_len={config.max_len}")
+        raise BadInputError(f"GPT: {length} tokens exceed max_len={config.max_len}")
       x_BxTxD = x_BxTxD + self.position_embed.embedding[...][None, :length]
     else:
       rotary = rotary_angles(length, config.head_width)

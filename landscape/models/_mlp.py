@@ -11,6 +11,7 @@ from landscape.models._adapter import Model
 from landscape.models._adapter import from_nnx
 from landscape.sites import ParamLink
 from landscape.sites import Sites
+from landscape.sites import BadInputError
 
 
 def dense_site_links(layer_paths: Sequence[tuple[str, ...]], site_names: Sequence[str],
@@ -26,7 +27,7 @@ def dense_site_links(layer_paths: Sequence[tuple[str, ...]], site_names: Sequenc
     reads on axis 0).
   """
   if len(layer_paths) != len(site_names) + 1:
-    raise ValueError(f"{len(layer_paths)} layers cannot surround {len(site_names)} sites")
+    raise BadInputError(f"{len(layer_paths)} layers cannot surround {len(site_names)} sites")
   links = {}
   for name, writer, reader in zip(site_names, layer_paths[:-1], layer_paths[1:]):
     links[name] = (

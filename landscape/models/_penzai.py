@@ -37,6 +37,7 @@ from landscape.models._mlp import dense_site_links
 from landscape.sites import ParamLink
 from landscape.sites import SiteShapeError
 from landscape.sites import Sites
+from landscape.sites import BadInputError
 
 SITES_SIDE_INPUT = "landscape_sites"
 TRANSFORMER_SITE_KINDS = ("attn_out", "mlp_hidden", "mlp_out", "resid_post")
@@ -101,12 +102,12 @@ def penzai_site_names(model: Any) -> tuple[str, ...]:
   for stack in pz.select(model).at_instances_of(pz.nn.LayerStack).get_sequence():
     inside = [layer.site for layer in pz.select(stack).at_instances_of(SiteLayer).get_sequence()]
     if inside:
-      raise ValueError(f"penzai model: site(s) {inside} sit inside a LayerStack (a scan); put "
-                       "sites outside it, or build the model with use_layer_stack=False")
+      raise BadInputError(f"penzai model: site(s) {inside} sit inside a LayerStack (a scan); put "
+                          "sites outside it, or build the model with use_layer_stack=False")
   names = tuple(layer.site for layer in pz.select(model).at_instances_of(SiteLayer).get_sequence())
   duplicates = sorted({name for name in names if names.count(name) > 1})
   if duplicates:
-    raise ValueError(f"penzai model: site name(s) {duplicates} appear more than once")
+    raise BadInputError(f"penzai model: site name(s) {duplicates} appear more than once")
   return names
 
 
@@ -119,10 +120,10 @@ def _nest(flat: Mapping[str, Any], *, what: str) -> Params:
     for depth, key in enumerate(parents):
       node = node.setdefault(key, {})
       if not isinstance(node, dict):
-        raise ValueError(f"{what}: parameter label {label!r} nests under "
-                         f"{'/'.join(parents[:depth + 1])!r}, which is itself a parameter")
+        raise BadInputError(f"{what}: parameter label {label!r} nests under "
+                            f"{'/'.join(parents[:depth + 1])!r}, which is itself a parameter")
     if leaf in node:
-      raise ValueError(f"{what}: parameter label {label!r} collides with a group of parameters")
+      raise BadInputError(f"{what}: parameter label {label!r} collides with a group of parameters")
     node[leaf] = value
   return nested
 
@@ -148,8 +149,8 @@ def _param_arrays(values: Sequence[pz.ParameterValue], *, what: str) -> dict[str
   for value in values:
     leaves = jax.tree_util.tree_leaves(value.value)
     if len(leaves) != 1:
-      raise TypeError(f"{what}: parameter {value.label!r} holds {len(leaves)} arrays; one array per "
-                      "parameter is supported")
+      raise BadInputError(f"{what}: parameter {value.label!r} holds {len(leaves)} arrays; one array per "
+                          "parameter is supported")
     arrays[value.label] = leaves[0]
   return arrays
 
@@ -193,9 +194,9 @@ def from_penzai(build: Callable[[jax.Array | None], pz.nn.Layer] | pz.nn.Layer, 
         lambda key: pz.unbind_params(builder(key), freeze=True)[1], jax.random.PRNGKey(0))
   _, state_variables = pz.unbind_state_vars(skeleton)
   if state_variables:
-    raise TypeError(f"{what}: the model holds state variables "
-                    f"{[variable.label for variable in state_variables][:5]}; only parameters are "
-                    "supported")
+    raise BadInputError(f"{what}: the model holds state variables "
+                        f"{[variable.label for variable in state_variables][:5]}; only parameters are "
+                        "supported")
   slots = tuple(_ParamSlot(label=value.label, treedef=jax.tree_util.tree_structure(value.value),
                            metadata=dict(value.metadata)) for value in abstract_values)
   labels = sorted(slot.label for slot in slots)
@@ -209,8 +210,8 @@ def from_penzai(build: Callable[[jax.Array | None], pz.nn.Layer] | pz.nn.Layer, 
     _, values = pz.unbind_params(builder(key), freeze=True)
     arrays = _param_arrays(values, what=what)
     if sorted(arrays) != labels:
-      raise ValueError(f"{what}: the builder made parameters {sorted(arrays)} for a key but "
-                       f"{labels} without one")
+      raise BadInputError(f"{what}: the builder made parameters {sorted(arrays)} for a key but "
+                          f"{labels} without one")
     return _nest(arrays, what=what)
 
   def apply(params: Params, inputs: Any, sites: Sites | None = None) -> Any:
@@ -244,16 +245,16 @@ def instrument_transformer(model: model_parts.TransformerLM, *,
   """
   unknown = sorted(set(kinds) - set(TRANSFORMER_SITE_KINDS))
   if unknown:
-    raise ValueError(f"instrument_transformer: unknown site kind(s) {unknown}; expected a subset of "
-                     f"{TRANSFORMER_SITE_KINDS}")
+    raise BadInputError(f"instrument_transformer: unknown site kind(s) {unknown}; expected a subset of "
+                        f"{TRANSFORMER_SITE_KINDS}")
   if pz.select(model).at_instances_of(SiteLayer).count():
-    raise ValueError(f"instrument_transformer: the model already has sites {penzai_site_names(model)}")
+    raise BadInputError(f"instrument_transformer: the model already has sites {penzai_site_names(model)}")
   if pz.select(model).at_instances_of(pz.nn.LayerStack).count():
-    raise ValueError("instrument_transformer: the model stacks its blocks in a LayerStack (a scan, "
-                     "which sites cannot reach into); build it with use_layer_stack=False")
+    raise BadInputError("instrument_transformer: the model stacks its blocks in a LayerStack (a scan, "
+                        "which sites cannot reach into); build it with use_layer_stack=False")
   blocks = pz.select(model).at_instances_of(model_parts.TransformerBlock)
   if not blocks.count():
-    raise ValueError("instrument_transformer: no TransformerBlock found")
+    raise BadInputError("instrument_transformer: no TransformerBlock found")
 
   def instrument(index: int, block: model_parts.TransformerBlock) -> model_parts.TransformerBlock:
     prefix = f"blocks.{index}"
@@ -294,7 +295,7 @@ def penzai_transformer(config: llamalike_common.LlamalikeTransformerConfig
   elif isinstance(config, gpt_neox.GPTNeoXTransformerConfig):
     build_transformer = gpt_neox.build_gpt_neox_transformer
   else:
-    raise TypeError(f"penzai_transformer: unsupported config {type(config).__name__}")
+    raise BadInputError(f"penzai_transformer: unsupported config {type(config).__name__}")
 
   def build(key: jax.Array | None) -> model_parts.TransformerLM:
     return instrument_transformer(build_transformer(config, init_base_rng=key), kinds=kinds,

@@ -25,6 +25,7 @@ from landscape.objectives._composition import Term
 from landscape.objectives._composition import TermInputs
 from landscape.objectives._composition import Weight
 from landscape.objectives._fields import batch_field
+from landscape.sites import BadInputError
 
 Probe = Mapping[str, Mapping[str, jax.Array]]
 
@@ -63,8 +64,8 @@ def _concept_per_row(concept: jax.Array, act: jax.Array, *, term: str) -> jax.Ar
   if concept.shape == leading[:1]:
     expanded = jnp.reshape(concept, concept.shape + (1,) * (len(leading) - 1))
     return jnp.broadcast_to(expanded, leading).astype(jnp.int32)
-  raise ValueError(f"loss term {term!r}: concept labels of shape {concept.shape} match neither the "
-                   f"examples nor the positions of an activation of shape {act.shape}")
+  raise BadInputError(f"loss term {term!r}: concept labels of shape {concept.shape} match neither the "
+                      f"examples nor the positions of an activation of shape {act.shape}")
 
 
 def adversarial_probe(site: str, *, width: int, num_classes: int = 2, hidden_size: int | None = None,
@@ -110,7 +111,7 @@ def adversarial_probe(site: str, *, width: int, num_classes: int = 2, hidden_siz
     if position is not None:
       act = act[:, position]
     if act.shape[-1] != width:
-      raise ValueError(f"loss term {name!r}: width={width}, but site {site!r} has shape {act.shape}")
+      raise BadInputError(f"loss term {name!r}: width={width}, but site {site!r} has shape {act.shape}")
     labels = _concept_per_row(concept, act, term=name)
     logits = probe_logits(inputs.state, reverse_gradient(act, jnp.ones((), jnp.float32)))
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))

@@ -16,6 +16,7 @@ import optax
 from landscape.objectives._composition import Term
 from landscape.objectives._composition import TermInputs
 from landscape.objectives._composition import Weight
+from landscape.sites import BadInputError
 
 PerExample = tuple[jax.Array, jax.Array]  # (values (B,), weights (B,))
 
@@ -23,7 +24,7 @@ PerExample = tuple[jax.Array, jax.Array]  # (values (B,), weights (B,))
 def _label_mask(logits: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
   labels = batch["labels"]
   if logits.ndim != labels.ndim + 1:
-    raise ValueError(f"logits of shape {logits.shape} do not match labels of shape {labels.shape}")
+    raise BadInputError(f"logits of shape {logits.shape} do not match labels of shape {labels.shape}")
   mask = batch.get("label_mask")
   return jnp.ones(labels.shape, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
 

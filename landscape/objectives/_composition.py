@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from landscape.sites import Intervention
+from landscape.sites import BadInputError
 
 TermFn = Callable[["TermInputs"], Any]
 
@@ -38,8 +39,8 @@ class Hyperparameter:
   def value(self, extra: Mapping[str, Any]) -> jax.Array:
     hparams = extra.get("hparams", {})
     if self.name not in hparams:
-      raise KeyError(f"hyperparameter {self.name!r} is not among this run's hyper-parameters "
-                     f"{sorted(hparams)}; pass it in training.train(hparam_grid=...)")
+      raise BadInputError(f"hyperparameter {self.name!r} is not among this run's hyper-parameters "
+                          f"{sorted(hparams)}; pass it in training.train(hparam_grid=...)")
     return self.scale * hparams[self.name]
 
 
@@ -55,7 +56,7 @@ def value_at(weight: Weight, step: jax.Array, extra: Mapping[str, Any] | None = 
   """A float, an optax schedule's value at ``step``, or a run's hyper-parameter, as float32."""
   if isinstance(weight, Hyperparameter):
     if extra is None:
-      raise ValueError(f"hyperparameter {weight.name!r} needs the train state's extra")
+      raise BadInputError(f"hyperparameter {weight.name!r} needs the train state's extra")
     value = weight.value(extra)
   else:
     value = weight(step) if callable(weight) else weight
@@ -131,7 +132,7 @@ def _value_and_metrics(result: Any, name: str) -> tuple[jax.Array, dict[str, jax
   value, metrics = result if isinstance(result, tuple) else (result, {})
   value = jnp.asarray(value)
   if value.shape != ():
-    raise ValueError(f"loss term {name!r} returned shape {value.shape}; a term must return a scalar")
+    raise BadInputError(f"loss term {name!r} returned shape {value.shape}; a term must return a scalar")
   return value.astype(jnp.float32), dict(metrics)
 
 
@@ -157,10 +158,10 @@ class Objective:
     names = [t.name for t in self.terms]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-      raise ValueError(f"objective: duplicate term names {duplicates}")
+      raise BadInputError(f"objective: duplicate term names {duplicates}")
     for t in self.terms:
       if not isinstance(t, Term):
-        raise TypeError(f"objective: expected Term values, got {type(t).__name__}: {t!r}")
+        raise BadInputError(f"objective: expected Term values, got {type(t).__name__}: {t!r}")
 
   @property
   def sites(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from landscape.objectives._fields import check_width
 from landscape.objectives._fields import checked_rows
 from landscape.objectives._fields import coordinates
 from landscape.objectives._fields import rows_from_extra
+from landscape.sites import BadInputError
 
 NORMS = ("l2", "l1")
 
@@ -38,7 +39,7 @@ def concept_penalty(site: str, basis: Basis | jax.Array | np.ndarray | None = No
   """
   check_one_source(basis, basis_key, what="basis", term=name)
   if norm not in NORMS:
-    raise ValueError(f"loss term {name!r}: norm={norm!r}; expected one of {NORMS}")
+    raise BadInputError(f"loss term {name!r}: norm={norm!r}; expected one of {NORMS}")
   fixed_rows = None if basis is None else checked_rows(basis, site=site, term=name)
 
   def fn(inputs: TermInputs):

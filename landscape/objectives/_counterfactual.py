@@ -21,6 +21,7 @@ from landscape.objectives._fields import check_width
 from landscape.objectives._fields import checked_rows
 from landscape.objectives._fields import coordinates
 from landscape.objectives._fields import rows_from_extra
+from landscape.sites import BadInputError
 
 DIVERGENCES = ("kl", "mse")
 PERMUTATIONS = ("roll", "random")
@@ -77,9 +78,9 @@ def counterfactual_consistency(site: str, basis: Basis | jax.Array | np.ndarray 
   """
   check_one_source(basis, basis_key, what="basis", term=name)
   if divergence not in DIVERGENCES:
-    raise ValueError(f"loss term {name!r}: divergence={divergence!r}; expected one of {DIVERGENCES}")
+    raise BadInputError(f"loss term {name!r}: divergence={divergence!r}; expected one of {DIVERGENCES}")
   if permutation not in PERMUTATIONS:
-    raise ValueError(f"loss term {name!r}: permutation={permutation!r}; expected one of {PERMUTATIONS}")
+    raise BadInputError(f"loss term {name!r}: permutation={permutation!r}; expected one of {PERMUTATIONS}")
   fixed_rows = None if basis is None else checked_rows(basis, site=site, term=name)
 
   def fn(inputs: TermInputs):

@@ -36,6 +36,7 @@ from landscape.objectives._fields import check_width
 from landscape.objectives._fields import checked_rows
 from landscape.objectives._fields import coordinates
 from landscape.objectives._fields import rows_from_extra
+from landscape.sites import BadInputError
 
 
 def summed_log_probabilities(logits: jax.Array) -> jax.Array:
@@ -50,8 +51,8 @@ def input_gradients(forward, params: Any, inputs: jax.Array) -> jax.Array:
   training gradient of a penalty on it is second order).
   """
   if not jnp.issubdtype(inputs.dtype, jnp.floating):
-    raise TypeError(f"input gradients need floating inputs, got dtype {inputs.dtype} (shape "
-                    f"{inputs.shape}); for tokens, use site_explanation_penalty at the embedding")
+    raise BadInputError(f"input gradients need floating inputs, got dtype {inputs.dtype} (shape "
+                        f"{inputs.shape}); for tokens, use site_explanation_penalty at the embedding")
   return jax.grad(lambda x: summed_log_probabilities(forward(params, x)[0]))(inputs)
 
 
@@ -92,8 +93,8 @@ def explanation_penalty(*, weight: Weight = 1.0, mask_key: str = "mask", inputs_
     x = batch_field(inputs.batch, inputs_key, term=name)
     mask = batch_field(inputs.batch, mask_key, term=name)
     if mask.shape != x.shape:
-      raise ValueError(f"loss term {name!r}: mask batch[{mask_key!r}] has shape {mask.shape}, the "
-                       f"inputs batch[{inputs_key!r}] {x.shape}; they must match")
+      raise BadInputError(f"loss term {name!r}: mask batch[{mask_key!r}] has shape {mask.shape}, the "
+                          f"inputs batch[{inputs_key!r}] {x.shape}; they must match")
     gradients = input_gradients(inputs.forward, inputs.params, x).astype(jnp.float32)
     squared = _per_example_sum(jnp.square(mask.astype(jnp.float32) * gradients))
     return jnp.mean(squared), {"masked_gradient_norm": jnp.mean(jnp.sqrt(squared))}
@@ -121,7 +122,7 @@ def site_explanation_penalty(site: str, basis: Basis | jax.Array | np.ndarray | 
     mask_key: the batch field of the forbidden examples or positions.
   """
   if basis is not None and basis_key is not None:
-    raise ValueError(f"loss term {name!r}: give at most one of basis= and basis_key=")
+    raise BadInputError(f"loss term {name!r}: give at most one of basis= and basis_key=")
   fixed_rows = None if basis is None else checked_rows(basis, site=site, term=name)
 
   def fn(inputs: TermInputs):
@@ -136,8 +137,8 @@ def site_explanation_penalty(site: str, basis: Basis | jax.Array | np.ndarray | 
     if mask_key is not None:
       mask = batch_field(inputs.batch, mask_key, term=name).astype(jnp.float32)
       if mask.shape != gradients.shape[:mask.ndim]:
-        raise ValueError(f"loss term {name!r}: mask batch[{mask_key!r}] of shape {mask.shape} does "
-                         f"not match the leading axes of site {site!r} (shape {act.shape})")
+        raise BadInputError(f"loss term {name!r}: mask batch[{mask_key!r}] of shape {mask.shape} does "
+                            f"not match the leading axes of site {site!r} (shape {act.shape})")
       gradients = gradients * jnp.reshape(mask, mask.shape + (1,) * (gradients.ndim - mask.ndim))
     squared = _per_example_sum(jnp.square(gradients))
     return jnp.mean(squared), {"gradient_norm": jnp.mean(jnp.sqrt(squared))}

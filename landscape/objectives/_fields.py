@@ -20,13 +20,14 @@ from landscape.directions import check_basis
 
 from landscape.objectives._composition import Weight as Schedule
 from landscape.objectives._composition import value_at  # noqa: F401  (re-exported for the terms)
+from landscape.sites import BadInputError
 
 
 def batch_field(batch: Mapping[str, Any], key: str, *, term: str) -> jax.Array:
   """``batch[key]``, or a KeyError naming the term, the key and the fields the batch has."""
   if key not in batch:
-    raise KeyError(f"loss term {term!r} reads batch[{key!r}], but the batch has fields "
-                   f"{sorted(batch)}")
+    raise BadInputError(f"loss term {term!r} reads batch[{key!r}], but the batch has fields "
+                        f"{sorted(batch)}")
   return batch[key]
 
 
@@ -44,20 +45,20 @@ def checked_rows(basis: Basis | jax.Array | np.ndarray, *, site: str, term: str)
 
 def check_one_source(given: Any, key: str | None, *, what: str, term: str) -> None:
   if (given is None) == (key is None):
-    raise ValueError(f"loss term {term!r}: give exactly one of {what}= or {what}_key= "
-                     f"(got {what}={'None' if given is None else '...'}, {what}_key={key!r})")
+    raise BadInputError(f"loss term {term!r}: give exactly one of {what}= or {what}_key= "
+                        f"(got {what}={'None' if given is None else '...'}, {what}_key={key!r})")
 
 
 def rows_from_extra(extra: Mapping[str, Any], key: str, *, site: str, term: str) -> jax.Array:
   """The (K, D) rows held at ``extra[key]`` (a `Basis`, an array, or a mapping site -> either)."""
   if key not in extra:
-    raise KeyError(f"loss term {term!r} reads extra[{key!r}], but the train state's extra has "
-                   f"{sorted(extra)}; add the refresher that keeps it")
+    raise BadInputError(f"loss term {term!r} reads extra[{key!r}], but the train state's extra has "
+                        f"{sorted(extra)}; add the refresher that keeps it")
   value = extra[key]
   if isinstance(value, Mapping):
     if site not in value:
-      raise KeyError(f"loss term {term!r}: extra[{key!r}] has no entry for site {site!r} "
-                     f"(it has {sorted(value)})")
+      raise BadInputError(f"loss term {term!r}: extra[{key!r}] has no entry for site {site!r} "
+                          f"(it has {sorted(value)})")
     value = value[site]
   rows = value.vectors if isinstance(value, Basis) else jnp.asarray(value)
   return rows[None] if rows.ndim == 1 else rows
@@ -65,8 +66,8 @@ def rows_from_extra(extra: Mapping[str, Any], key: str, *, site: str, term: str)
 
 def check_width(act: jax.Array, rows_KxD: jax.Array, *, site: str, term: str) -> None:
   if act.shape[-1] != rows_KxD.shape[-1]:
-    raise ValueError(f"loss term {term!r}: directions of shape {rows_KxD.shape} do not fit site "
-                     f"{site!r}, whose activation has shape {act.shape}")
+    raise BadInputError(f"loss term {term!r}: directions of shape {rows_KxD.shape} do not fit site "
+                        f"{site!r}, whose activation has shape {act.shape}")
 
 
 def coordinates(act: jax.Array, rows_KxD: jax.Array) -> jax.Array:

@@ -28,6 +28,7 @@ from landscape.objectives._composition import TermInputs
 from landscape.objectives._composition import Weight
 from landscape.objectives._fields import batch_field
 from landscape.objectives._fields import per_example_rows
+from landscape.sites import BadInputError
 
 HIGHEST = jax.lax.Precision.HIGHEST
 READOUT_FITS = ("trainable", "ridge")
@@ -69,7 +70,7 @@ def rsa_distance(model_BxF: jax.Array, target_BxR: jax.Array) -> jax.Array:
   The RDMs use correlation distance (`correlation_dissimilarity`). Needs B >= 3.
   """
   if model_BxF.shape[0] < 3:
-    raise ValueError(f"rsa_distance: needs at least 3 examples, got {model_BxF.shape[0]}")
+    raise BadInputError(f"rsa_distance: needs at least 3 examples, got {model_BxF.shape[0]}")
   model_rdm = correlation_dissimilarity(model_BxF.astype(jnp.float32))
   target_rdm = correlation_dissimilarity(target_BxR.astype(jnp.float32))
   return 1.0 - _pearson(_upper_triangle(model_rdm), _upper_triangle(target_rdm))
@@ -139,23 +140,23 @@ def observer_readout(site: str, *, width: int | None = None, num_responses: int 
       equations are singular when F > B - 1).
   """
   if fit not in READOUT_FITS:
-    raise ValueError(f"loss term {name!r}: fit={fit!r}; expected one of {READOUT_FITS}")
+    raise BadInputError(f"loss term {name!r}: fit={fit!r}; expected one of {READOUT_FITS}")
   if fit == "trainable" and (width is None or num_responses is None):
-    raise ValueError(f"loss term {name!r}: fit='trainable' needs width= and num_responses= "
-                     f"(got {width}, {num_responses})")
+    raise BadInputError(f"loss term {name!r}: fit='trainable' needs width= and num_responses= "
+                        f"(got {width}, {num_responses})")
   if fit == "ridge" and ridge <= 0:
-    raise ValueError(f"loss term {name!r}: fit='ridge' needs ridge > 0, got {ridge}")
+    raise BadInputError(f"loss term {name!r}: fit='ridge' needs ridge > 0, got {ridge}")
 
   def fn(inputs: TermInputs):
     rows = per_example_rows(inputs.acts[site])
     targets = batch_field(inputs.batch, responses_key, term=name).astype(jnp.float32)
     if targets.ndim != 2 or targets.shape[0] != rows.shape[0]:
-      raise ValueError(f"loss term {name!r}: responses of shape {targets.shape}; expected "
-                       f"({rows.shape[0]}, R)")
+      raise BadInputError(f"loss term {name!r}: responses of shape {targets.shape}; expected "
+                          f"({rows.shape[0]}, R)")
     if fit == "trainable":
       if rows.shape[1] != width or targets.shape[1] != num_responses:
-        raise ValueError(f"loss term {name!r}: the readout is ({width}, {num_responses}) but site "
-                         f"{site!r} gives {rows.shape[1]} features and the responses {targets.shape}")
+        raise BadInputError(f"loss term {name!r}: the readout is ({width}, {num_responses}) but site "
+                            f"{site!r} gives {rows.shape[1]} features and the responses {targets.shape}")
       kernel, bias = inputs.state["kernel"], inputs.state["bias"]
     else:
       kernel, bias = jax.lax.stop_gradient(ridge_fit(rows, targets, ridge))
@@ -181,8 +182,8 @@ def _similarity_term(site: str, distance, *, weight: Weight, responses_key: str,
     rows = per_example_rows(inputs.acts[site])
     targets = batch_field(inputs.batch, responses_key, term=name)
     if targets.shape[0] != rows.shape[0]:
-      raise ValueError(f"loss term {name!r}: responses of shape {targets.shape} for a batch of "
-                       f"{rows.shape[0]}")
+      raise BadInputError(f"loss term {name!r}: responses of shape {targets.shape} for a batch of "
+                          f"{rows.shape[0]}")
     value = distance(rows, per_example_rows(targets))
     return value, {metric: 1.0 - value}
 

@@ -26,13 +26,14 @@ from landscape.objectives._fields import batch_field
 from landscape.objectives._fields import check_one_source
 from landscape.objectives._fields import rows_from_extra
 from landscape.objectives._fields import value_at
+from landscape.sites import BadInputError
 
 
 def _vector_rows(rows: jax.Array, *, site: str, term: str, per_class: bool) -> jax.Array:
   if rows.ndim != 2 or (not per_class and rows.shape[0] != 1):
     expected = "(C, D) vectors, one per class" if per_class else "one steering vector"
-    raise ValueError(f"loss term {term!r}: expected {expected} for site {site!r}, got shape "
-                     f"{rows.shape}")
+    raise BadInputError(f"loss term {term!r}: expected {expected} for site {site!r}, got shape "
+                        f"{rows.shape}")
   return rows
 
 
@@ -63,8 +64,8 @@ def preventative_steering(site: str, vector: Basis | jax.Array | np.ndarray | No
       rows = rows[None]
     fixed = jnp.asarray(_vector_rows(rows, site=site, term=name, per_class=per_class))
     if not np.all(np.isfinite(fixed)):
-      raise ValueError(f"loss term {name!r}: the steering vector for site {site!r} has non-finite "
-                       "entries")
+      raise BadInputError(f"loss term {name!r}: the steering vector for site {site!r} has non-finite "
+                          "entries")
   else:
     fixed = None
 

@@ -5,6 +5,7 @@ from landscape.sites._basis import BasisError
 from landscape.sites._basis import check_basis
 from landscape.sites._basis import make_basis
 from landscape.sites._basis import orthonormalize
+from landscape.sites._errors import BadInputError
 from landscape.sites._sites import ALL_SITES
 from landscape.sites._sites import Intervention
 from landscape.sites._sites import ParamLink

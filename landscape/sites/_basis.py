@@ -19,9 +19,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from landscape.sites._errors import BadInputError
 
 
-class BasisError(ValueError):
+class BasisError(BadInputError):
   """A basis that cannot be used: wrong width, non-finite entries, rank-deficient or not orthonormal."""
 
 

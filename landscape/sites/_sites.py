@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from landscape.sites._errors import BadInputError
 
 Intervention = Callable[[jax.Array], jax.Array]
 
@@ -38,11 +39,11 @@ class ParamLink(NamedTuple):
   index: int | None = None
 
 
-class UnknownSiteError(ValueError):
+class UnknownSiteError(BadInputError):
   """A site name that the model does not have."""
 
 
-class SiteShapeError(ValueError):
+class SiteShapeError(BadInputError):
   """An intervention whose width does not match the activation at its site."""
 
 

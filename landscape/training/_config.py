@@ -7,11 +7,12 @@ from collections.abc import Iterable
 
 import jax
 import ml_collections
+from landscape.sites import BadInputError
 
 PARALLELISM = ("jit", "pmap")
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInputError):
   """A configuration value that cannot work; the message names the field and the value."""
 
 

@@ -70,6 +70,7 @@ from landscape.sites import Basis
 from landscape.sites import BasisError
 from landscape.sites import check_basis
 from landscape.sites import ParamLink
+from landscape.sites import BadInputError
 
 Path = tuple[str, ...]
 ROLES = ("writes", "reads")
@@ -77,7 +78,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _ORTHONORMAL_ATOL = 1e-4
 
 
-class DirectionsError(ValueError):
+class DirectionsError(BadInputError):
   """Directions that do not fit the parameters: a site without links, a missing path, a bad shape."""
 
 
