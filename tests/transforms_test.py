@@ -1,6 +1,7 @@
 """Tests for landscape.transforms against float64 NumPy references."""
 
 import functools
+from typing import NamedTuple
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -569,8 +570,9 @@ class DictionaryTest(parameterized.TestCase):
       out, state = _run(factory(directions), grads)
       expected, _ = _run(factory(explicit), grads)
       chex.assert_trees_all_close(out, expected, atol=2e-5)
+    self.assertIsInstance(state, optax.EmptyState)
     rank = 3 if form == "indices" else WIDTH
-    self.assertEqual(state.bases["resid"].shape, (rank, WIDTH))
+    self.assertEqual(directions.bases["resid"].shape, (rank, WIDTH))
 
   def test_overcomplete_selection_spans_a_subspace(self):
     grads = _params(51)
@@ -603,56 +605,120 @@ class DictionaryTest(parameterized.TestCase):
     np.testing.assert_allclose(np.asarray(traced, np.float64).T @ np.asarray(traced, np.float64),
                                reference @ reference.T, atol=1e-5)
 
+
+class _Run(NamedTuple):
+  """What the training loop hands a refresher as ``run``: here only the refreshed values."""
+
+  refreshed: dict
+
+
+def _refresh(refresher, value, step, run):
+  return refresher.update(value, params=None, step=step, key=None, run=run)
+
+
+class SpanRefresherTest(parameterized.TestCase):
+  """The dictionary's span re-estimated by a refresher of the loop, read as the extra arg."""
+
+  def _directions(self, dictionary, selected):
+    return transforms.dictionary_directions({"resid": dictionary}, {"resid": selected}, LINKS,
+                                            extra_arg="span")
+
   def test_refresh_schedule(self):
     grads, dictionary = _params(52), _dictionary(4)
-    refresh_every = 3
+    every = 3
     selections = [np.array([i, i + 1]) for i in range(7)]
-    directions = transforms.dictionary_directions(
-        {"resid": dictionary}, {"resid": selections[0] + 10}, LINKS, refresh_every=refresh_every,
-        extra_arg="dictionary")
+    directions = self._directions(dictionary, selections[0] + 10)
+    source = lambda run: {
+        "resid": transforms.DictionarySelection(selected=run.refreshed["chosen"])}
+    refresher = transforms.span_refresher(directions, every=every, source=source)
+    self.assertEqual(refresher.name, "span")
     tx = transforms.project_out(directions)
     state = tx.init(grads)
+    value = refresher.init(jax.random.PRNGKey(0), grads)
+    np.testing.assert_allclose(value["resid"], directions.bases["resid"])
+    refresh = jax.jit(functools.partial(_refresh, refresher))
     update = jax.jit(tx.update)
     for step, selection in enumerate(selections):
-      out, state = update(grads, state, dictionary={
-          "resid": transforms.DictionarySelection(selected=jnp.asarray(selection))})
-      in_use = selections[step - step % refresh_every]
+      before = value
+      value = refresh(value, jnp.asarray(step, jnp.int32),
+                      _Run({"chosen": jnp.asarray(selection)}))
+      if step % every:  # not due: the very value it had, whatever the source gives now
+        chex.assert_trees_all_equal(value, before)
+      else:
+        self.assertFalse(np.allclose(value["resid"], before["resid"]))
+      out, state = update(grads, state, span=value)
+      in_use = selections[step - step % every]
       basis = make_basis(dictionary[in_use], site="resid")
       expected = _reference_sites(grads, {"resid": basis}, 0.0, 1.0,
                                   links={"resid": LINKS["resid"]})
       _assert_flat_close(out, expected)
-    self.assertEqual(int(state.count), len(selections))
-    # A new dictionary (same shape) is used from the next refresh on.
-    state = tx.init(grads)
+    # Fixed arrays as the source: a new dictionary (same shape) from the next refresh on.
     other = _dictionary(5)
-    out, state = update(grads, state, dictionary={"resid": jnp.asarray(other, jnp.float32)})
+    refresher = transforms.span_refresher(directions, every=every,
+                                          source={"resid": jnp.asarray(other, jnp.float32)})
+    value = _refresh(refresher, refresher.init(None, grads), jnp.asarray(0, jnp.int32), None)
+    out, _ = _run(tx, grads, span=value)
     expected = _reference_sites(grads, {"resid": make_basis(other[selections[0] + 10],
                                                             site="resid")},
                                 0.0, 1.0, links={"resid": LINKS["resid"]})
     _assert_flat_close(out, expected)
 
-  @parameterized.parameters(None, "seeds")
-  def test_vmap_refresh(self, axis_name):
-    num_seeds = 2
-    grads = [_params(60 + s) for s in range(num_seeds)]
-    dictionaries = [_dictionary(70 + s) for s in range(num_seeds)]
+  def test_vmap_over_runs_with_an_unbatched_step(self):
+    num_runs = 2
+    grads = [_params(60 + s) for s in range(num_runs)]
+    dictionaries = [_dictionary(70 + s) for s in range(num_runs)]
     selected = np.array([0, 4, 8])
-    make = functools.partial(transforms.dictionary_directions, {"resid": dictionaries[0]},
-                             {"resid": selected}, LINKS, refresh_every=2, extra_arg="dictionary")
-    tx = transforms.project_out(make(axis_name=axis_name))
+    directions = self._directions(dictionaries[0], selected)
+    refresher = transforms.span_refresher(
+        directions, every=2, source=lambda run: {"resid": run.refreshed["sae"]})
+    tx = transforms.project_out(directions)
+    runs = _Run({"sae": jnp.asarray(np.stack(dictionaries), jnp.float32)})
+    refresh = jax.vmap(functools.partial(_refresh, refresher), in_axes=(0, None, 0))
+    values = jax.vmap(refresher.init, in_axes=(None, 0))(None, jnp.arange(num_runs))
+    step = jnp.asarray(0, jnp.int32)
+    jaxpr = str(jax.make_jaxpr(refresh)(values, step, runs))
+    self.assertIn("cond[", jaxpr)  # a branch, not a select that refreshes at every step
+    values = jax.jit(refresh)(values, step, runs)
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *grads)
-    stacked_dictionary = jnp.asarray(np.stack(dictionaries), jnp.float32)
-    step = jax.vmap(tx.update, axis_name=axis_name) if axis_name else jax.vmap(tx.update)
-    state = jax.vmap(tx.init)(stacked)
-    jaxpr = str(jax.make_jaxpr(step)(stacked, state, dictionary={"resid": stacked_dictionary}))
-    # With the axis name the refresh stays a branch; without it, it is a select of both.
-    self.assertEqual("cond[" in jaxpr, axis_name is not None)
-    out, state = jax.jit(step)(stacked, state, dictionary={"resid": stacked_dictionary})
-    loop_tx = transforms.project_out(make())
-    for seed in range(num_seeds):
-      single, _ = _run(loop_tx, grads[seed],
-                       dictionary={"resid": jnp.asarray(dictionaries[seed], jnp.float32)})
-      chex.assert_trees_all_close(jax.tree.map(lambda x: x[seed], out), single, atol=2e-5)
+    out, _ = jax.jit(jax.vmap(tx.update))(stacked, jax.vmap(tx.init)(stacked), span=values)
+    for run in range(num_runs):
+      single, _ = _run(tx, grads[run], span={"resid": transforms.span_basis(
+          jnp.asarray(dictionaries[run], jnp.float32), selected)})
+      chex.assert_trees_all_close(jax.tree.map(lambda x: x[run], out), single, atol=2e-5)
+    # Step 1 is not due: every run keeps its value although the source changed.
+    changed = _Run({"sae": runs.refreshed["sae"][::-1]})
+    kept = jax.jit(refresh)(values, jnp.asarray(1, jnp.int32), changed)
+    chex.assert_trees_all_equal(kept, values)
+    refreshed = jax.jit(refresh)(values, jnp.asarray(2, jnp.int32), changed)
+    np.testing.assert_allclose(np.abs(refreshed["resid"][0]), np.abs(values["resid"][1]),
+                               atol=1e-5)
+
+  def test_errors(self):
+    directions = self._directions(_dictionary(), np.array([0, 1]))
+    refresher = transforms.span_refresher(
+        directions, every=1,
+        source={"resid": transforms.DictionarySelection(selected=jnp.arange(3))})
+    value = refresher.init(None, None)
+    with self.assertRaisesRegex(transforms.DirectionsError,
+                                r"selection at site 'resid' has shape \(3,\)"):
+      _refresh(refresher, value, jnp.asarray(0, jnp.int32), None)
+    refresher = transforms.span_refresher(directions, every=1, source={"hidden": _dictionary()})
+    with self.assertRaisesRegex(transforms.DirectionsError, r"site 'hidden'.*no dictionary"):
+      _refresh(refresher, value, jnp.asarray(0, jnp.int32), None)
+    with self.assertRaisesRegex(transforms.DirectionsError, r"every=0 must be >= 1"):
+      transforms.span_refresher(directions, every=0)
+    with self.assertRaisesRegex(transforms.DirectionsError, r"dictionary_directions"):
+      transforms.span_refresher(transforms.site_directions(_bases(), LINKS, extra_arg="span"),
+                                every=1)
+    fixed = transforms.dictionary_directions({"resid": _dictionary()}, None, LINKS)
+    with self.assertRaisesRegex(transforms.DirectionsError, r"give a name"):
+      transforms.span_refresher(fixed, every=1)
+    # The transform takes span bases of the held shape only.
+    tx = transforms.project_out(directions)
+    grads = _params()
+    with self.assertRaisesRegex(transforms.DirectionsError,
+                                r"'span': site 'resid' has shape \(3, 8\); expected \(2, 8\)"):
+      tx.update(grads, tx.init(grads), span={"resid": jnp.eye(3, WIDTH)})
 
 
 class ValidationTest(parameterized.TestCase):
@@ -747,15 +813,6 @@ class ValidationTest(parameterized.TestCase):
     with self.assertRaisesRegex(BasisError, r"'resid'.*indices.*outside \[0, 24\)"):
       transforms.dictionary_directions({"resid": _dictionary()}, {"resid": np.array([0, 30])},
                                        LINKS)
-    directions = transforms.dictionary_directions({"resid": _dictionary()},
-                                                  {"resid": np.array([0, 1])}, LINKS,
-                                                  extra_arg="dictionary")
-    tx = transforms.project_out(directions)
-    grads = _params()
-    with self.assertRaisesRegex(transforms.DirectionsError,
-                                r"selection at site 'resid' has shape \(3,\)"):
-      tx.update(grads, tx.init(grads), dictionary={
-          "resid": transforms.DictionarySelection(selected=jnp.arange(3))})
 
   def test_site_bases_must_go_through_site_directions(self):
     with self.assertRaisesRegex(transforms.DirectionsError, r"site_directions"):

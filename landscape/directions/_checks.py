@@ -25,12 +25,6 @@ def check_bases(model: Model, params: Any, example_inputs: Any, bases: Mapping[s
     if not isinstance(basis, Basis):
       raise BasisError(f"basis at site {site!r}: expected a Basis, got {type(basis).__name__}; "
                        "build one with make_basis")
-    if basis.site != site:
-      raise BasisError(f"basis given for site {site!r} was fitted at site {basis.site!r} (vectors "
-                       f"{tuple(basis.vectors.shape)})")
     shape = tuple(shapes[site].shape)
-    if basis.vectors.shape[-1] != shape[-1]:
-      raise BasisError(f"basis at site {site!r}: vectors of shape {tuple(basis.vectors.shape)} have "
-                       f"width {basis.vectors.shape[-1]}, but the site's activation has shape "
-                       f"{shape} (width {shape[-1]})")
-    check_basis(basis, width=shape[-1])
+    check_basis(basis, site=site, width=shape[-1],
+                width_of=f"the site's activation of shape {shape}")

@@ -2,9 +2,12 @@
 
 from landscape.sites._basis import Basis
 from landscape.sites._basis import BasisError
+from landscape.sites._basis import ORTHONORMAL_ATOL
 from landscape.sites._basis import check_basis
+from landscape.sites._basis import check_rows
 from landscape.sites._basis import make_basis
 from landscape.sites._basis import orthonormalize
+from landscape.sites._basis import path_string
 from landscape.sites._errors import BadInputError
 from landscape.sites._sites import ALL_SITES
 from landscape.sites._sites import Intervention

@@ -7,6 +7,10 @@ A `Basis` is a pytree: its vectors (and the step they were fitted at) are leaves
 the train state, be sharded, vmapped over seeds, checkpointed with the run and refitted during
 training; its site, labels and provenance are static metadata. It also saves to and loads from a
 standalone ``.npz`` file.
+
+Directions given as rows anywhere in the library (a basis, per-parameter directions, a dictionary)
+are checked by `check_rows`: one tolerance, one message shape. `path_string` is the one spelling of
+a parameter's key path.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +27,13 @@ import numpy as np
 from landscape.sites._errors import BadInputError
 
 
+# One tolerance for every check that rows are orthonormal: max |V V^T - I|.
+ORTHONORMAL_ATOL = 1e-4
+
+
 class BasisError(BadInputError):
-  """A basis that cannot be used: wrong width, non-finite entries, rank-deficient or not orthonormal."""
+  """A basis that cannot be used: wrong width, non-finite entries, rank-deficient or not
+  orthonormal."""
 
 
 @jax.tree_util.register_dataclass
@@ -94,22 +104,26 @@ def make_basis(vectors_KxD: jax.Array | np.ndarray, *, site: str,
   vectors = np.asarray(vectors_KxD, dtype=np.float64)
   if vectors.ndim == 1:
     vectors = vectors[None]
-  _check_shape_and_values(vectors, site=site, width=width)
+  owner = f"basis at site {site!r}"
+  check_rows(vectors, owner=owner, width=width, orthonormal=False)
   num_directions, dimension = vectors.shape
   if num_directions > dimension:
-    raise BasisError(f"basis at site {site!r}: {num_directions} directions in a "
-                     f"{dimension}-dimensional space (shape {vectors.shape}); K must be <= D")
+    raise BasisError(f"{owner}: {num_directions} directions in a {dimension}-dimensional space "
+                     f"(shape {vectors.shape}); K must be <= D")
   singular_values = np.linalg.svd(vectors, compute_uv=False)
   if singular_values[-1] <= rank_tolerance * singular_values[0]:
     rank = int(np.sum(singular_values > rank_tolerance * singular_values[0]))
-    raise BasisError(f"basis at site {site!r}: rows of shape {vectors.shape} span rank {rank} < "
-                     f"{num_directions} (singular values {np.array2string(singular_values, precision=3)})")
+    raise BasisError(f"{owner}: rows of shape {vectors.shape} span rank {rank} < {num_directions} "
+                     f"(singular values {np.array2string(singular_values, precision=3)})")
   orthonormal = orthonormalize(vectors)
-  labels = tuple(labels) if labels is not None else tuple(f"{site}/{i}" for i in range(num_directions))
+  if labels is None:
+    labels = tuple(f"{site}/{i}" for i in range(num_directions))
+  labels = tuple(labels)
   if len(labels) != num_directions:
-    raise BasisError(f"basis at site {site!r}: {len(labels)} labels for {num_directions} directions")
-  return Basis(vectors=jnp.asarray(orthonormal, dtype), fitted_step=jnp.asarray(fitted_step, jnp.int32),
-               site=site, labels=labels, method=method, source=source)
+    raise BasisError(f"{owner}: {len(labels)} labels for {num_directions} directions")
+  return Basis(vectors=jnp.asarray(orthonormal, dtype),
+               fitted_step=jnp.asarray(fitted_step, jnp.int32), site=site, labels=labels,
+               method=method, source=source)
 
 
 def orthonormalize(vectors_KxD: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
@@ -124,34 +138,69 @@ def orthonormalize(vectors_KxD: jax.Array | np.ndarray) -> jax.Array | np.ndarra
   return xp.swapaxes(q_DxK * signs[..., None, :], -1, -2)
 
 
-def check_basis(basis: Basis, *, width: int | None = None, atol: float = 1e-4) -> None:
-  """Raises `BasisError` unless ``basis`` has width ``width``, finite entries and orthonormal rows.
+def check_basis(basis: Basis, *, site: str | None = None, width: int | None = None,
+                width_of: str = "the site") -> None:
+  """Raises `BasisError` unless ``basis`` fits: see `check_rows`; its labels number its rows; and,
+  given ``site``, it was fitted there.
 
   Needs concrete arrays (call it before jit, where bad input should be caught). Stacked bases
-  (..., K, D) are checked slice by slice.
+  (..., K, D) are checked slice by slice. ``width_of`` says where ``width`` comes from, for the
+  message (e.g. "the site's activation of shape (B, D)").
   """
-  vectors = np.asarray(basis.vectors, dtype=np.float64)
-  _check_shape_and_values(vectors, site=basis.site, width=width, allow_stacked=True)
-  num_directions = vectors.shape[-2]
-  if len(basis.labels) != num_directions:
+  if site is not None and basis.site != site:
+    raise BasisError(f"basis given for site {site!r} was fitted at site {basis.site!r} (vectors "
+                     f"{tuple(basis.vectors.shape)})")
+  vectors = check_rows(basis.vectors, owner=f"basis at site {basis.site!r}", width=width,
+                       width_of=width_of, stacked=True)
+  if len(basis.labels) != vectors.shape[-2]:
     raise BasisError(f"basis at site {basis.site!r}: {len(basis.labels)} labels for "
-                     f"{num_directions} directions (vectors {vectors.shape})")
-  gram = vectors @ np.swapaxes(vectors, -1, -2)
-  error = float(np.max(np.abs(gram - np.eye(num_directions)))) if num_directions else 0.0
-  if error > atol:
-    raise BasisError(f"basis at site {basis.site!r}: rows of shape {vectors.shape} are not "
-                     f"orthonormal (max |V V^T - I| = {error:.3g} > {atol}); build it with make_basis")
+                     f"{vectors.shape[-2]} directions (vectors {vectors.shape})")
 
 
-def _check_shape_and_values(vectors: np.ndarray, *, site: str, width: int | None,
-                            allow_stacked: bool = False) -> None:
-  if vectors.ndim != 2 and not (allow_stacked and vectors.ndim > 2):
-    raise BasisError(f"basis at site {site!r}: expected a (K, D) array, got shape {vectors.shape}")
-  if width is not None and vectors.shape[-1] != width:
-    raise BasisError(f"basis at site {site!r}: width {vectors.shape[-1]} (shape {vectors.shape}) "
-                     f"does not match the site's width {width}")
+def check_rows(vectors: jax.Array | np.ndarray, *, owner: str, width: int | None = None,
+               width_of: str = "the site", orthonormal: bool = True, row_ndim: int = 1,
+               stacked: bool = False) -> np.ndarray:
+  """The one numeric check of directions given as rows; returns them as float64 NumPy.
+
+  ``vectors`` is (K, *row) with ``row_ndim`` axes per row ((K, D) for a site, (K, *leaf.shape) for
+  one parameter), or (..., K, *row) when ``stacked``. Raises `BasisError` with the message
+  ``f"{owner}: ..."`` naming the shape, for: too few axes, a row width (last axis) other than
+  ``width``, non-finite entries, and (when ``orthonormal``) rows whose flattened Gram matrix is off
+  the identity by more than `ORTHONORMAL_ATOL` anywhere. Needs concrete arrays.
+  """
+  vectors = np.asarray(vectors, dtype=np.float64)
+  shape = vectors.shape
+  wanted = row_ndim + 1
+  if vectors.ndim < wanted or (vectors.ndim > wanted and not stacked):
+    expected = "(K, D)" if row_ndim == 1 else f"(K, ...) with {row_ndim} axes per row"
+    raise BasisError(f"{owner}: expected a {expected} array, got shape {shape}")
+  if width is not None and shape[-1] != width:
+    raise BasisError(f"{owner}: rows of shape {shape} have width {shape[-1]}, but {width_of} has "
+                     f"width {width}")
   bad = ~np.isfinite(vectors)
   if bad.any():
     where = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise BasisError(f"basis at site {site!r}: {int(bad.sum())} non-finite entries in shape "
-                     f"{vectors.shape}, first at {where} = {vectors[where]}")
+    raise BasisError(f"{owner}: {int(bad.sum())} non-finite entries in shape {shape}, first at "
+                     f"{where} = {vectors[where]}")
+  if orthonormal:
+    rows = vectors.reshape(shape[:vectors.ndim - wanted] + (shape[-wanted], -1))
+    num_directions = rows.shape[-2]
+    gram = rows @ np.swapaxes(rows, -1, -2)
+    error = float(np.max(np.abs(gram - np.eye(num_directions)))) if num_directions else 0.0
+    if error > ORTHONORMAL_ATOL:
+      raise BasisError(f"{owner}: rows of shape {shape} are not orthonormal (max |V V^T - I| = "
+                       f"{error:.3g} > {ORTHONORMAL_ATOL}); build them with make_basis or "
+                       f"orthonormalize")
+  return vectors
+
+
+def path_string(path: str | Sequence[Any]) -> str:
+  """A parameter's key path as "a/b/0/c": from a JAX key path, a tuple of names, or a string.
+
+  The one spelling of parameter paths in messages, metric names and sharding rules.
+  """
+  if isinstance(path, str):
+    return path
+  return "/".join(entry if isinstance(entry, str) else str(entry) if isinstance(entry, int)
+                  else jax.tree_util.keystr((entry,), simple=True, separator="/")
+                  for entry in path)

@@ -1,56 +1,143 @@
-"""Attribution: how much of each update lies along each direction, reported without changing it.
-
-Metrics convention (relied on by the training loop): a transform that reports metrics keeps them in
-a state NamedTuple field named ``metrics``, a flat dict name -> float32 array (scalar or (K,)); the
-loop collects them with ``optax.tree_utils.tree_get_all_with_path(opt_state, "metrics")``. Here, per
-target (a site, or a parameter path "/"-joined):
-
-* ``f"{target}/magnitude"`` (K,): the norm of the update's coefficient along each direction. For a
-  site, sqrt(sum over linked slices of ||U q_k||^2), U being each slice's vectors along the linked
-  axis; for a parameter leaf, |<u, q_k>|; for a dictionary, ||U d_k|| for every row d_k (N,), the
-  coefficient magnitude for unit-norm rows.
-* ``f"{target}/share"`` (K,): that squared magnitude over the squared norm of the update's linked
-  slices (for a dictionary, along the unit row d_k / ||d_k||).
-* ``f"{target}/total_share"`` (): the share of the squared norm in the span of the directions
-  (of the selected rows for a dictionary); for orthonormal directions, the sum of ``share``.
-* ``f"{target}/norm"`` (): the norm of the update's linked slices.
-
-Before the first update the metrics are zeros. `label_metrics` turns the vectors into per-label
-scalars for logging.
-"""
+"""Attribution: how much of each update lies along each direction, reported without changing it."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from landscape.sites import Basis
-from landscape.transforms._directions import DictionaryDirections
+from landscape.sites import path_string
+from landscape.transforms._directions import Directions
 from landscape.transforms._directions import DirectionsError
-from landscape.transforms._directions import as_directions
+from landscape.transforms._directions import check_leaf
+from landscape.transforms._directions import flat_basis
+from landscape.transforms._directions import leaf_rows
+from landscape.transforms._lowering import as_directions
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class AttributeState(NamedTuple):
   """State of `attribute`.
 
   directions: the directions' own state (`optax.EmptyState` when fixed).
-  metrics: name -> float32 array, see the module docstring.
+  metrics: name -> float32 array, see `attribute`.
   """
 
   directions: Any
   metrics: dict[str, jax.Array]
 
 
+def _zero_metrics(directions: Directions) -> dict[str, jax.Array]:
+  metrics = {}
+  for target, count in directions.counts().items():
+    metrics.update({
+        f"{target}/magnitude": jnp.zeros((count,), jnp.float32),
+        f"{target}/share": jnp.zeros((count,), jnp.float32),
+        f"{target}/total_share": jnp.zeros((), jnp.float32),
+        f"{target}/norm": jnp.zeros((), jnp.float32),
+    })
+  return metrics
+
+
+def _present_leaves(updates: Any) -> dict[str, jax.Array]:
+  """"/"-joined path -> leaf, for the leaves present (masked-out ones have none)."""
+  return {path_string(keypath): leaf
+          for keypath, leaf in jax.tree_util.tree_flatten_with_path(updates)[0]}
+
+
+def measure(directions: Directions, updates: Any, bases: Mapping[str, jax.Array], *,
+            what: str) -> dict[str, jax.Array]:
+  """The metrics of `attribute` for ``updates``, each basis of the form taken from ``bases``."""
+  leaves = _present_leaves(updates)
+  reported_along_basis = directions.kind != "dictionary"
+  norm_squared = {target: jnp.zeros((), jnp.float32) for target in directions.rows}
+  squared_N = {target: jnp.zeros((count,), jnp.float32)
+               for target, count in directions.counts().items()}
+  in_span = {target: jnp.zeros((), jnp.float32) for target in directions.rows}
+  gram_DxD = {}
+  for along in directions.alongs:
+    leaf = leaves.get(along.path)
+    if leaf is None:  # masked out
+      continue
+    target = along.target
+    basis = bases[target]
+    check_leaf(along, tuple(leaf.shape), tuple(basis.shape), what=what)
+    rows_MxD = leaf_rows(leaf, along)
+    rows_MxD = rows_MxD.reshape(-1, rows_MxD.shape[-1])
+    basis_KxD = flat_basis(basis, rows_MxD.dtype)
+    norm_squared[target] = norm_squared[target] + jnp.sum(jnp.square(rows_MxD))
+    if reported_along_basis:
+      coefficients_MxK = jnp.einsum("md,kd->mk", rows_MxD, basis_KxD, precision=_HIGHEST)
+      squared_N[target] = squared_N[target] + jnp.sum(jnp.square(coefficients_MxK), axis=0)
+      continue
+    dictionary_NxD = directions.rows[target].astype(rows_MxD.dtype)
+    num_rows, width = dictionary_NxD.shape
+    if num_rows > width:
+      # ||U d||^2 = d^T (U^T U) d: one D x D Gram per site, then O(N D^2), never O(M N D).
+      gram = jnp.einsum("md,me->de", rows_MxD, rows_MxD, precision=_HIGHEST)
+      gram_DxD[target] = gram_DxD[target] + gram if target in gram_DxD else gram
+    else:
+      squared_N[target] = squared_N[target] + jnp.sum(jnp.square(
+          jnp.einsum("md,nd->mn", rows_MxD, dictionary_NxD, precision=_HIGHEST)), axis=0)
+      in_span[target] = in_span[target] + jnp.sum(jnp.square(
+          jnp.einsum("md,rd->mr", rows_MxD, basis_KxD, precision=_HIGHEST)))
+  metrics = _zero_metrics(directions)
+  for target in directions.rows:
+    if target in gram_DxD:
+      gram = gram_DxD[target]
+      dictionary_NxD = directions.rows[target].astype(gram.dtype)
+      basis_RxD = bases[target].astype(gram.dtype)
+      squared_N[target] = jnp.maximum(jnp.einsum("nd,de,ne->n", dictionary_NxD, gram,
+                                                 dictionary_NxD, precision=_HIGHEST), 0.0)
+      in_span[target] = jnp.einsum("rd,de,re->", basis_RxD, gram, basis_RxD, precision=_HIGHEST)
+    if reported_along_basis:
+      in_span[target] = jnp.sum(squared_N[target])
+      row_norm_squared = jnp.ones_like(squared_N[target])
+    else:
+      row_norm_squared = jnp.sum(jnp.square(directions.rows[target].astype(jnp.float32)), axis=-1)
+    positive = norm_squared[target] > 0
+    safe_norm_squared = jnp.where(positive, norm_squared[target], 1.0)
+    row_positive = positive & (row_norm_squared > 0)
+    metrics.update({
+        f"{target}/magnitude": jnp.sqrt(squared_N[target]),
+        f"{target}/share": jnp.where(row_positive, squared_N[target] / jnp.where(
+            row_positive, safe_norm_squared * row_norm_squared, 1.0), 0.0),
+        f"{target}/total_share": jnp.where(
+            positive, jnp.clip(in_span[target], 0.0) / safe_norm_squared, 0.0),
+        f"{target}/norm": jnp.sqrt(norm_squared[target]),
+    })
+  return {name: value.astype(jnp.float32) for name, value in metrics.items()}
+
+
 def attribute(directions: Any) -> optax.GradientTransformationExtraArgs:
   """Decomposes each update onto the directions and reports it in ``state.metrics``.
 
   The update passes through unchanged: the returned updates are the very arrays given (bitwise).
-  Per-direction magnitudes for a dictionary with N > D rows come from one D x D Gram matrix per
-  linked slice (exact, O(M D^2 + N D^2) rather than O(M N D)).
+
+  Metrics (a flat dict name -> float32 array in the state field ``metrics``, where the training
+  loop finds it with ``optax.tree_utils.tree_get_all_with_path(opt_state, "metrics")``), per target
+  (a site, or a parameter path "/"-joined), summed over every leaf slice linked to it:
+
+  * ``f"{target}/magnitude"`` (K,): sqrt(sum over linked slices of ||U q_k||^2), U being each
+    slice's vectors along the linked axis; |<u, q_k>| per parameter; for a dictionary ||U d_k||
+    for every row d_k (N,), computed through one D x D Gram matrix when N > D (O(M D^2 + N D^2),
+    never O(M N D)).
+  * ``f"{target}/share"`` (K,): that squared magnitude over the squared norm of the linked slices
+    (for a dictionary, along the unit row d_k / ||d_k||).
+  * ``f"{target}/total_share"`` (): the share of the squared norm in the span of the basis (of the
+    selected rows for a dictionary; its current span basis when one arrives through ``extra_arg``,
+    while the rows reported stay those given at construction); for orthonormal directions, the sum
+    of ``share``.
+  * ``f"{target}/norm"`` (): the norm of the linked slices.
+
+  Before the first update the metrics are zeros; masked-out leaves contribute nothing. The mapping
+  rule and the precision are those of `project_out`. `label_metrics` turns the vectors into
+  per-label scalars for logging.
 
   Args:
     directions: as `project_out`.
@@ -58,13 +145,13 @@ def attribute(directions: Any) -> optax.GradientTransformationExtraArgs:
   directions = as_directions(directions)
 
   def init_fn(params):
-    directions.check_tree(params, what="attribute: params")
-    return AttributeState(directions=directions.init(), metrics=directions.zero_metrics())
+    directions.check_params(params, what="attribute: params")
+    return AttributeState(directions=directions.init(), metrics=_zero_metrics(directions))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params
-    current, directions_state = directions.current(state.directions, extra_args, what="attribute")
-    metrics = directions.measure(updates, current, extra_args, what="attribute")
+    bases, directions_state = directions.current(state.directions, extra_args, what="attribute")
+    metrics = measure(directions, updates, bases, what="attribute")
     return updates, AttributeState(directions=directions_state, metrics=metrics)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -74,27 +161,39 @@ def decompose(directions: Any, updates: Any, *, current: Any = None) -> dict[str
   """The coefficients of an update along orthonormal directions.
 
   Args:
-    directions: a parameter-space pytree or `site_directions` (not a dictionary: its rows are not
-      orthonormal, so coefficients along them do not reconstruct anything).
+    directions: a per-parameter pytree, `param_directions` or `site_directions` (not a dictionary:
+      its rows are not orthonormal, so coefficients along them reconstruct nothing).
     updates: a pytree like the params.
     current: directions to use instead of those built in, in the form of the extra arg.
 
   Returns:
-    Parameter space: path ("/"-joined) -> (K,) coefficients c, with sum_k c_k q_k the leaf's
+    Per parameter: path ("/"-joined) -> (K,) coefficients c, with sum_k c_k q_k the leaf's
     component in the span. Sites: site -> list of (`TouchedParameter`, coefficients) in application
     order, the coefficients of shape (*slice shape without the linked axis, K): moving the linked
-    axis last, sum_k c[..., k] q_k is the slice's component in the span. Masked leaves are left out.
+    axis last, sum_k c[..., k] q_k is the slice's component in the span. Masked leaves are left
+    out. Computed in float32 (or wider) with ``Precision.HIGHEST``.
   """
   directions = as_directions(directions)
-  if isinstance(directions, DictionaryDirections):
+  if directions.kind == "dictionary":
     raise DirectionsError("decompose: dictionary rows are not orthonormal; use attribute for "
                           "their magnitudes, or site_directions for an orthonormal basis")
-  extra_args = {}
-  if current is not None:
-    directions = dataclasses.replace(directions, extra_arg="current")
-    extra_args = {"current": current}
-  arrays, _ = directions.current(directions.init(), extra_args, what="decompose")
-  return directions.coefficients(updates, arrays, what="decompose")
+  bases = directions.replaced(directions.bases, current, what="decompose")
+  leaves = _present_leaves(updates)
+  result: dict[str, Any] = {}
+  for along in directions.alongs:
+    leaf = leaves.get(along.path)
+    if leaf is None:
+      continue
+    basis = bases[along.target]
+    check_leaf(along, tuple(leaf.shape), tuple(basis.shape), what="decompose")
+    moved = leaf_rows(leaf, along)
+    coefficients = jnp.einsum("...d,kd->...k", moved, flat_basis(basis, moved.dtype),
+                              precision=_HIGHEST)
+    if along.link is None:
+      result[along.target] = coefficients[0]
+    else:
+      result.setdefault(along.target, []).append((along.touched(), coefficients))
+  return result
 
 
 def label_metrics(metrics: Mapping[str, jax.Array],
@@ -103,9 +202,9 @@ def label_metrics(metrics: Mapping[str, jax.Array],
 
   Each vector metric ``f"{site}/magnitude"`` or ``f"{site}/share"`` of a site in ``labels`` (a
   `Basis`, whose labels are used, or a sequence of K labels) becomes ``f"{site}/{kind}/{label}"``,
-  indexed on the last axis (so (seeds, K) gives (seeds,) per label). A label that already starts with
-  ``f"{site}/"`` (the default labels of `make_basis`) is used without repeating the site. Every other
-  metric passes through unchanged.
+  indexed on the last axis (so (seeds, K) gives (seeds,) per label). A label that already starts
+  with ``f"{site}/"`` (the default labels of `make_basis`) is used without repeating the site.
+  Every other metric passes through unchanged.
   """
   result = dict(metrics)
   for site, site_labels in labels.items():
