@@ -3,7 +3,9 @@
 Two sections:
 
 * ``transforms``: the step time of a GPT (GPT-2 small on a GPU, a small one on CPU) with a gradient
-  transform on every matrix that touches the residual stream, divided by the plain optax step:
+  transform on every matrix that touches the residual stream, divided by the plain optax step, each
+  timed as the training loop's own compiled chunk (`training.compile_chunk`: steps scanned in one
+  call, random tokens sampled inside):
   `project_out` of K orthonormal directions at every residual site; `project_out` of the span of S
   selected rows of an N-row dictionary at every residual site (refreshed on a schedule; the refresh's
   cost is priced by a variant that refreshes every step and amortized over the schedule); `attribute`
@@ -19,7 +21,6 @@ Writes ``benchmark.json`` to ``workdir`` and prints a table.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -90,14 +91,18 @@ def transform_variants(config: ml_collections.ConfigDict, model: models.Model,
   selected = jnp.asarray(rng.choice(config.dictionary_size, config.dictionary_selected,
                                     replace=False), jnp.int32)
   dictionary_name = dictionary_variant(config)
-  for name, refresh_every in ((dictionary_name, config.refresh_every),
-                              (dictionary_name + REFRESHING, 1)):
-    variants[name] = (
-        transforms.project_out(transforms.dictionary_directions(
-            {site: dictionary_NxD for site in sites}, {site: selected for site in sites},
-            model.site_links, params=params, refresh_every=refresh_every, extra_arg="dictionary")),
-        lambda: {"dictionary": {site: transforms.DictionarySelection(dictionary_NxD, selected)
-                                for site in sites}})
+  span = transforms.dictionary_directions(
+      {site: dictionary_NxD for site in sites}, {site: selected for site in sites},
+      model.site_links, params=params, extra_arg="span")
+  refresher = transforms.span_refresher(span, every=config.refresh_every)
+  held = refresher.init(None, params)
+  # The timed steps of the scheduled variant fall between refreshes, where the loop hands the
+  # transform the refresher's held span; the other refreshes at every step (step 0 is always due).
+  refresh_now = lambda: refresher.update(held, params=params, step=jnp.zeros((), jnp.int32),
+                                         key=None, run=None)
+  variants[dictionary_name] = (transforms.project_out(span), lambda: {"span": held})
+  variants[dictionary_name + REFRESHING] = (transforms.project_out(span),
+                                            lambda: {"span": refresh_now()})
   middle = sites[len(sites) // 2]
   variants[f"attribute_dictionary{config.dictionary_size}"] = (
       transforms.attribute(transforms.dictionary_directions({middle: dictionary_NxD}, None,
@@ -106,39 +111,72 @@ def transform_variants(config: ml_collections.ConfigDict, model: models.Model,
   return variants
 
 
-def _seconds_per_step(step: Callable, state: Any, batch: Any, num_steps: int) -> tuple[float, Any]:
+def _seconds_per_step(runner: training.ChunkRunner, state: Any, num_steps: int
+                      ) -> tuple[float, Any]:
+  """Seconds per step of one call of the loop's compiled chunk of ``num_steps`` steps."""
   start = time.perf_counter()
-  for _ in range(num_steps):
-    state, metrics = step(state, batch)
+  state, metrics = runner.run(state, num_steps)
   jax.block_until_ready((state, metrics))
   return (time.perf_counter() - start) / num_steps, state
 
 
+def _single_device_mesh():
+  return training.make_mesh({"seed": 1, "data": 1, "model": 1})
+
+
+def _compiled_runs(*, model: models.Model, objective: objectives.Objective,
+                   optimizer: optax.GradientTransformationExtraArgs, dataset: data.Dataset,
+                   batch_size: int, keys: jax.Array, optimizer_extra_args=None,
+                   num_steps: tuple[int, ...]) -> tuple[training.ChunkRunner, Any]:
+  """(the loop's chunk runner on one device, the runs' placed state), compiled for ``num_steps``."""
+  state = training.stack_runs([training.init_state(key, model=model, objective=objective,
+                                                   optimizer=optimizer) for key in keys])
+  mesh = _single_device_mesh()
+  runner = training.compile_chunk(model=model, objective=objective, optimizer=optimizer,
+                                  dataset=dataset, batch_size=batch_size, mesh=mesh,
+                                  shardings=training.state_shardings(state, mesh),
+                                  optimizer_extra_args=optimizer_extra_args)
+  state = runner.place(state)
+  for length in sorted(set(num_steps)):
+    runner.precompile(state, length)
+  return runner, state
+
+
+def random_tokens(config: ml_collections.ConfigDict) -> data.Dataset:
+  """Uniform random tokens of the benchmark's GPT, drawn fresh at every step (next-token labels)."""
+  seq_len, vocab_size = config.model.seq_len, config.model.vocab_size
+
+  def generate(key, batch_size):
+    tokens = jax.random.randint(key, (batch_size, seq_len + 1), 0, vocab_size)
+    return dict(inputs=tokens[:, :-1], labels=tokens[:, 1:],
+                label_mask=jnp.ones((batch_size, seq_len), jnp.float32))
+
+  return data.generator_dataset("random_tokens", generate, {})
+
+
 def benchmark_transforms(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Each variant's step time as the training loop's compiled chunk runs it (batch sampled inside)."""
   model = models.gpt(gpt_config(config.model))
   key = jax.random.PRNGKey(0)
   params = model.init(key)
-  tokens = jax.random.randint(key, (config.batch_size, config.model.seq_len + 1), 0,
-                              config.model.vocab_size)
-  batch = dict(inputs=tokens[:, :-1], labels=tokens[:, 1:],
-               label_mask=jnp.ones((config.batch_size, config.model.seq_len), jnp.float32))
+  dataset = random_tokens(config)
   objective = objectives.compose(objectives.cross_entropy())
-  steps, states = {}, {}
+  runners, states = {}, {}
   for name, (transform, extra_args) in transform_variants(config, model, params).items():
     base = optax.adamw(config.learning_rate, weight_decay=0.1)
     optimizer = optax.chain(transform, base) if transform is not None else optax.chain(base)
-    train_step = training.make_train_step(model=model, objective=objective, optimizer=optimizer,
-                                          optimizer_extra_args=lambda state, f=extra_args: f())
-    donate = () if jax.default_backend() == "cpu" else (0,)
-    steps[name] = jax.jit(train_step, donate_argnums=donate)
-    states[name] = training.init_state(key, model=model, objective=objective, optimizer=optimizer)
     logging.info("compiling %s", name)
-    _, states[name] = _seconds_per_step(steps[name], states[name], batch, config.warmup_steps)
-  rounds = {name: [] for name in steps}
+    runners[name], states[name] = _compiled_runs(
+        model=model, objective=objective, optimizer=optimizer, dataset=dataset,
+        batch_size=config.batch_size, keys=key[None],
+        optimizer_extra_args=lambda state, f=extra_args: f(),
+        num_steps=(config.warmup_steps, config.timed_steps))
+    _, states[name] = _seconds_per_step(runners[name], states[name], config.warmup_steps)
+  rounds = {name: [] for name in runners}
   order = np.random.default_rng(0)
   for round_index in range(config.rounds):
-    for name in order.permutation(list(steps)):  # a new order every round: no variant always first
-      seconds, states[name] = _seconds_per_step(steps[name], states[name], batch, config.timed_steps)
+    for name in order.permutation(list(runners)):  # a new order every round: none always first
+      seconds, states[name] = _seconds_per_step(runners[name], states[name], config.timed_steps)
       rounds[name].append(seconds)
     logging.info("round %d: %s", round_index,
                  {name: f"{1e3 * values[-1]:.2f} ms" for name, values in rounds.items()})
@@ -168,8 +206,9 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     fresh machine would);
   * end to end, cache warm: the same after an untimed pass has put both programs in the persistent
     cache (S jobs rerun on a machine that has run them before);
-  * per step once compiled: the loop's compiled chunk with S runs against S times the chunk with one
-    run (the throughput of vmapping the runs, all overheads aside);
+  * per step once compiled: the loop's compiled chunk (`training.compile_chunk`, the runner
+    `training.train` uses) with S runs against S times the chunk with one run (the throughput of
+    vmapping the runs, all overheads aside);
   * as separate jobs: S invocations of the ``experiments.train`` binary (``:decoy`` preset, one seed
     each) against one invocation with ``--config.num_seeds=S``, each a fresh process, compilation
     cache warm (the way a researcher runs seeds from a shell loop). Skipped, with a warning, when
@@ -207,24 +246,14 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     return one_by_one, seconds(num_runs, 0, f"{tag}_together{num_runs}")
 
   def seconds_per_step(num_runs: int) -> float:
-    train_step = training.make_train_step(model=model, objective=objective, optimizer=optimizer)
-    keys = jax.random.split(jax.random.PRNGKey(0), num_runs)
-    state = jax.vmap(functools.partial(training.init_state, model=model, objective=objective,
-                                       optimizer=optimizer))(keys)
-    arrays = dataset.arrays
-
-    @jax.jit
-    def chunk(state):
-      def one_step(state, _):
-        batch = jax.vmap(lambda key, step: dataset.sample(arrays, key, step, settings.batch_size))(
-            state.data_key, state.step)
-        return jax.vmap(train_step)(state, batch)
-      return jax.lax.scan(one_step, state, length=settings.steps_per_call)
-
-    state, _ = jax.block_until_ready(chunk(state))
+    runner, state = _compiled_runs(
+        model=model, objective=objective, optimizer=optimizer, dataset=dataset,
+        batch_size=settings.batch_size, keys=jax.random.split(jax.random.PRNGKey(0), num_runs),
+        num_steps=(settings.steps_per_call,))
+    _, state = _seconds_per_step(runner, state, settings.steps_per_call)
     start = time.perf_counter()
     for _ in range(settings.timed_calls):
-      state, metrics = chunk(state)
+      state, metrics = runner.run(state, settings.steps_per_call)
     jax.block_until_ready((state, metrics))
     return (time.perf_counter() - start) / (settings.timed_calls * settings.steps_per_call)
 

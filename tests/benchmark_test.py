@@ -6,10 +6,16 @@ import subprocess
 import sys
 import tempfile
 
+from unittest import mock
+
+import optax
 from absl.testing import absltest
 
 from configs import benchmark as benchmark_config
 from landscape import benchmark
+from landscape import data
+from landscape import models
+from landscape import objectives
 from landscape import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +51,37 @@ class BenchmarkTest(absltest.TestCase):
       self.assertGreater(seeds[speedup], 0, speedup)
     self.assertIn("2 runs x 20 steps, one by one vs together", result.stdout)
     self.assertEqual(results["jax_version"], __import__("jax").__version__)
+
+  def test_the_benchmark_times_the_loops_compiled_chunk(self):
+    calls = []
+    loop_run = training.JitChunk.run
+
+    def recorded_run(runner, state, num_steps):
+      calls.append(num_steps)
+      return loop_run(runner, state, num_steps)
+
+    config = benchmark_config.get_config("smoke")
+    required = ("plain", "plain_again", benchmark.dictionary_variant(config),
+                benchmark.dictionary_variant(config) + benchmark.REFRESHING)
+    # The variants' transforms are beside the point here: every variant is the plain step.
+    plain_variants = lambda config, model, params: {name: (None, dict) for name in required}
+    with mock.patch.object(training.JitChunk, "run", recorded_run), \
+        mock.patch.object(benchmark, "transform_variants", plain_variants):
+      results = benchmark.benchmark_transforms(config)
+      timed_by_the_benchmark = sorted(calls)
+      calls.clear()
+      loop = training.loop_config()
+      loop.update(dict(steps=4, batch_size=8, steps_per_call=2, log_every=2, eval_every=0,
+                       checkpoint_every=0, tensorboard=False))
+      training.train(loop, tempfile.mkdtemp(), model=models.mlp(64, (8,), 10),
+                     objective=objectives.compose(objectives.cross_entropy()),
+                     optimizer=optax.adam(1e-2), dataset=data.digits())
+    self.assertEqual(set(results), set(required))
+    # Every timed call (and each variant's warm-up) went through the loop's runner.
+    expected = ([config.warmup_steps] * len(required) +
+                [config.timed_steps] * len(required) * config.rounds)
+    self.assertEqual(timed_by_the_benchmark, sorted(expected))
+    self.assertEqual(calls, [2, 2])  # the loop's own calls, through the same method
 
   def test_bad_config_names_the_field_before_measuring(self):
     workdir = os.path.join(tempfile.mkdtemp(), "bench")

@@ -55,6 +55,30 @@ class SamplingTest(parameterized.TestCase):
       data.array_dataset("bad", {"inputs": np.zeros((3, 2)), "labels": np.zeros(4)}, {})
 
 
+class SamplerSignatureTest(absltest.TestCase):
+
+  def test_every_sampler_takes_the_runs_hyperparameters(self):
+    digits = data.digits()
+    subset = data.subset_sampler(digits)
+    both = data.with_probe_fields(subset, digits, fields=("inputs",))
+    hparams = {"train_size": jnp.asarray(10.0, jnp.float32)}
+    key, step = jax.random.PRNGKey(3), jnp.asarray(2)
+    for dataset in (digits, subset, both):
+      # One signature: (arrays, data_key, step, batch_size, hparams), read or not.
+      direct = dataset.sampler(dataset.arrays, key, step, 16, hparams)
+      through = dataset.sample(dataset.arrays, key, step, 16, hparams)
+      for field, values in direct.items():
+        np.testing.assert_array_equal(values, through[field], err_msg=f"{dataset.name}/{field}")
+    first_ten = digits.arrays["inputs"][:10].reshape(10, -1)
+    drawn = np.asarray(both.sample(both.arrays, key, step, 64, hparams)["inputs"]).reshape(64, -1)
+    self.assertTrue(all((first_ten == row).all(axis=1).any() for row in drawn))
+    unread = digits.sample(digits.arrays, key, step, 16)  # no hyper-parameters: none read
+    np.testing.assert_array_equal(unread["labels"], digits.sample(digits.arrays, key, step, 16,
+                                                                  hparams)["labels"])
+    with self.assertRaisesRegex(ValueError, r"hparams\['train_size'\].*\[\]"):
+      subset.sample(subset.arrays, key, step, 16)
+
+
 class DecoyDigitsTest(absltest.TestCase):
 
   def test_patch_encodes_label_in_training_and_id_and_is_random_ood(self):

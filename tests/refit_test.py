@@ -38,7 +38,7 @@ def _ablating_objective():
   """Cross-entropy with the refreshed basis ablated at the site in the training forward pass."""
   task = dataclasses.replace(
       objectives.cross_entropy(),
-      interventions=lambda step, extra, state, batch: {SITE: interventions.ablate(extra[NAME])})
+      interventions=lambda run, batch: {SITE: interventions.ablate(run.refreshed[NAME])})
   return objectives.compose(task)
 
 
@@ -54,7 +54,7 @@ class RefresherUnitTest(parameterized.TestCase):
     initial = jax.jit(refresher.init)(jax.random.PRNGKey(1), self.params)
     self.assertEqual(int(initial.fitted_step), 0)
     update = jax.jit(lambda value, params, step, key: refresher.update(
-        value, params=params, step=step, key=key, extra={}))
+        value, params=params, step=step, key=key, run=None))
     moved = jax.tree_util.tree_map(lambda leaf: leaf * 1.5, self.params)
     kept = update(initial, moved, jnp.asarray(3), jax.random.PRNGKey(2))
     np.testing.assert_array_equal(kept.vectors, initial.vectors)
@@ -120,7 +120,7 @@ class RefitInTrainingTest(absltest.TestCase):
                   dataset=DATASET, refreshers=[refresher])
     ten = training.train(_config(10), tempfile.mkdtemp(), **kwargs)
     five = training.train(_config(5), tempfile.mkdtemp(), **kwargs)
-    basis = ten.state.extra[NAME]
+    basis = ten.state.refreshed[NAME]
     np.testing.assert_array_equal(basis.fitted_step, [5])  # refits at steps 0 and 5, not 10
     params_at_five = jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(five.state.params))
     rows = directions.capture(MODEL, params_at_five, PROBE_BATCH, sites=[SITE])
@@ -134,7 +134,7 @@ class RefitInTrainingTest(absltest.TestCase):
                   dataset=DATASET, refreshers=[refresher])
     result = training.train(_config(10), tempfile.mkdtemp(), **kwargs)
     initial = refresher.init(jax.random.PRNGKey(0), MODEL.init(jax.random.PRNGKey(0)))
-    basis = result.state.extra[NAME]
+    basis = result.state.refreshed[NAME]
     np.testing.assert_array_equal(basis.fitted_step, [0])
     self.assertIn("fitted once at initialisation", basis.source)
     self.assertEqual(basis.vectors.shape[1:], initial.vectors.shape)
@@ -149,16 +149,16 @@ class RefitInTrainingTest(absltest.TestCase):
     optimizer = optax.chain(transforms.project_out(held), optax.adam(1e-2))
     kwargs = dict(model=MODEL, objective=_ablating_objective(), optimizer=optimizer,
                   dataset=DATASET, refreshers=[refresher],
-                  optimizer_extra_args=lambda state: {"bases": {SITE: state.extra[NAME]}})
+                  optimizer_extra_args=lambda state: {"bases": {SITE: state.refreshed[NAME]}})
     workdir = tempfile.mkdtemp()
     first = training.train(_config(20, num_seeds=2, checkpoint_every=10), workdir, **kwargs)
-    np.testing.assert_array_equal(first.state.extra[NAME].fitted_step, [15, 15])
+    np.testing.assert_array_equal(first.state.refreshed[NAME].fitted_step, [15, 15])
     resumed = training.train(_config(40, num_seeds=2, checkpoint_every=10), workdir, **kwargs)
     straight = training.train(_config(40, num_seeds=2, checkpoint_every=10), tempfile.mkdtemp(),
                               **kwargs)
     self.assertEqual(resumed.summary["digest"], straight.summary["digest"])
     self.assertEqual(resumed.summary["loss"], straight.summary["loss"])
-    basis = straight.state.extra[NAME]
+    basis = straight.state.refreshed[NAME]
     np.testing.assert_array_equal(basis.fitted_step, [35, 35])
     self.assertFalse(np.array_equal(basis.vectors[0], basis.vectors[1]))  # each seed its own fit
     # The transform received the refreshed basis as its extra arg and holds it.

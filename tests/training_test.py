@@ -14,6 +14,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from flax import nnx
 
+import landscape
 from landscape import data
 from landscape import objectives
 from landscape import training
@@ -85,6 +86,9 @@ class ShardingTest(parameterized.TestCase):
     num_seeds = overrides.get("num_seeds", 1)
     single, _ = _train(_config(num_seeds=num_seeds, **{"mesh.num_devices": 1}))
     sharded, _ = _train(_config(**overrides))
+    # Not bitwise: another device count splits each batch's float32 matmuls and means over devices
+    # (another summation order, a few ulps per step, compounded over 30 Adam steps of lr 1e-2);
+    # 1e-5 is far above that and far below what a wrong gradient average would change.
     chex.assert_trees_all_close(training.fetch(sharded.state.params),
                                 training.fetch(single.state.params), atol=1e-5, rtol=0)
     np.testing.assert_allclose(sharded.summary["loss"], single.summary["loss"], atol=1e-5)
@@ -100,6 +104,8 @@ class ShardingTest(parameterized.TestCase):
     rules = [(r"hidden/kernel$", (None, "model")), (r"out/kernel$", ("model", None))]
     single, _ = _train(_config(**{"mesh.num_devices": 1}))
     sharded, _ = _train(_config(**{"mesh.num_devices": 8, "mesh.model": 4}), param_rules=rules)
+    # Within float32 rounding, not bitwise: a kernel split over the model axis sums its matmul in
+    # another order (see test_matches_one_device).
     kernel = sharded.state.params["hidden"]["kernel"]
     self.assertEqual(kernel.sharding.spec, jax.sharding.PartitionSpec("seed", None, "model"))
     self.assertEqual(kernel.addressable_shards[0].data.shape, (1, 64, 8))
@@ -136,7 +142,7 @@ class GridAndEvaluatorsTest(absltest.TestCase):
   def test_grid_points_train_together_like_separate_runs(self):
     @objectives.term("scaled_l2")
     def scaled_l2(inputs):
-      return inputs.extra["hparams"]["strength"] * jnp.mean(inputs.params["hidden"]["kernel"] ** 2)
+      return inputs.run.hparams["strength"] * jnp.mean(inputs.params["hidden"]["kernel"] ** 2)
 
     objective = objectives.compose(objectives.cross_entropy(), scaled_l2)
     grid = [{"strength": 0.0}, {"strength": 50.0}]
@@ -152,8 +158,8 @@ class GridAndEvaluatorsTest(absltest.TestCase):
     self.assertLess(np.sum(kernels[2] ** 2), 0.5 * np.sum(kernels[0] ** 2))
 
   def test_evaluators_are_logged_at_every_evaluation(self):
-    def kernel_norm(params, extra):
-      del extra
+    def kernel_norm(params, run):
+      del run
       return {"probe/kernel_norm": jnp.sqrt(jnp.sum(params["hidden"]["kernel"] ** 2, axis=(1, 2)))}
 
     result, workdir = _train(_config(eval_every=10, num_seeds=2), evaluators=[kernel_norm])
@@ -236,12 +242,11 @@ class GuardsTest(absltest.TestCase):
     checkpoints = training.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=2)
     self.assertEqual(checkpoints.all_steps(), [10])
     abstract = jax.eval_shape(
-        lambda: jax.tree_util.tree_map(
-            lambda leaf: leaf[None],
+        lambda: training.stack_runs([
             training.init_state(jax.random.PRNGKey(0), model=MODEL, objective=objective,
-                                optimizer=optax.adam(1e-2))))
+                                optimizer=optax.adam(1e-2))]))
     restored = checkpoints.restore(10, abstract)
-    self.assertEqual(int(restored.step[0]), 10)
+    self.assertEqual(int(restored.step), 10)
     self.assertTrue(all(np.isfinite(np.asarray(leaf)).all()
                         for leaf in jax.tree_util.tree_leaves(restored.params)))
 
@@ -265,6 +270,104 @@ class GuardsTest(absltest.TestCase):
 
     with self.assertRaisesRegex(UnknownSiteError, r"hidden_7.*hidden_0"):
       _train(_config(), objectives.compose(objectives.cross_entropy(), reads_missing_site))
+
+
+class _StepCounter:
+  """A refresher due every ``every`` steps whose update records the steps it actually ran on."""
+
+  def __init__(self, name="counter", every=5):
+    self.name, self.every, self.ran_at = name, every, []
+
+  def init(self, key, params):
+    del key, params
+    return jnp.zeros((), jnp.int32)
+
+  def update(self, value, *, params, step, key, run):
+    del params, key, run
+
+    def refresh():
+      # Runs only when this branch is taken; a cond turned select would run it at every step.
+      jax.debug.callback(lambda at: self.ran_at.append(int(at)), step)
+      return value + 1
+
+    return jax.lax.cond(step % self.every == 0, refresh, lambda: value)
+
+
+class SharedStepTest(absltest.TestCase):
+
+  def test_step_is_one_scalar_beside_run_stacked_fields(self):
+    result, _ = _train(_config(num_seeds=2, **{"mesh.num_devices": 2}))
+    self.assertEqual(result.state.step.shape, ())
+    self.assertEqual(int(result.state.step), 30)
+    self.assertEqual(result.state.rng.shape[0], 2)
+    self.assertEqual(result.state.params["hidden"]["kernel"].shape[0], 2)
+
+  def test_a_scheduled_refresh_runs_only_on_the_steps_it_is_due(self):
+    counter = _StepCounter(every=5)
+    result, _ = _train(_config(steps=20, num_seeds=2, **{"mesh.num_devices": 1}),
+                       refreshers=[counter])
+    jax.effects_barrier()
+    self.assertEqual(sorted(set(counter.ran_at)), [0, 5, 10, 15])
+    np.testing.assert_array_equal(training.fetch(result.state.refreshed["counter"]), [4, 4])
+
+  def test_the_chunk_branches_on_the_step_instead_of_selecting(self):
+    objective = objectives.compose(objectives.cross_entropy())
+    optimizer = optax.adam(1e-2)
+    counter = _StepCounter(every=5)
+    train_step = training.make_train_step(model=MODEL, objective=objective, optimizer=optimizer,
+                                          refreshers=[counter])
+    state = training.stack_runs([
+        training.init_state(jax.random.PRNGKey(seed), model=MODEL, objective=objective,
+                            optimizer=optimizer, refreshers=[counter]) for seed in range(2)])
+    chunk = training.make_chunk(train_step, DATASET, 8)
+    jaxpr = str(jax.make_jaxpr(chunk, static_argnums=(2,))(state, DATASET.arrays, 3))
+    self.assertIn("cond[", jaxpr)
+
+
+class NamesTest(absltest.TestCase):
+
+  def test_duplicate_and_reserved_refresher_names_are_refused_before_compiling(self):
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    refreshers = [_StepCounter("basis"), _StepCounter("basis"), _StepCounter("hparams")]
+    with self.assertRaisesRegex(landscape.BadInputError,
+                                r"duplicate refresher names \['basis'\].*reserved refresher names "
+                                r"\['hparams'\]"):
+      training.train(_config(), workdir, refreshers=refreshers, **_plain_training())
+    self.assertFalse(os.path.exists(workdir))
+
+  def test_duplicate_and_reserved_term_names_are_refused_before_compiling(self):
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    loss_named_loss = objectives.cross_entropy(name="loss")
+    with self.assertRaisesRegex(landscape.BadInputError, r"reserved term names \['loss'\]"):
+      training.train(_config(), workdir, **dict(
+          _plain_training(), objective=objectives.compose(loss_named_loss)))
+    self.assertFalse(os.path.exists(workdir))
+    with self.assertRaisesRegex(landscape.BadInputError, r"duplicate term names \['task'\]"):
+      objectives.compose(objectives.cross_entropy(), objectives.cross_entropy())
+    with self.assertRaisesRegex(landscape.BadInputError, r"reserved term names \['transform1'\]"):
+      training.make_train_step(
+          model=MODEL, optimizer=optax.adam(1e-2),
+          objective=objectives.compose(objectives.cross_entropy(name="transform1")))
+
+
+class EvaluationInterventionsTest(absltest.TestCase):
+
+  def test_evaluation_interventions_see_the_run_and_the_batch(self):
+    def silence_zeros(run, batch):
+      keep_B = (batch["labels"] != 0).astype(jnp.float32) * run.hparams["gain"]
+      at_the_end = (run.step == 30).astype(jnp.float32)
+      return {"hidden_0": lambda act: act * (keep_B * at_the_end)[:, None]}
+
+    result, _ = _train(_config(), eval_interventions=silence_zeros, hparam_grid=[{"gain": 1.0}])
+    params = jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(result.state.params))
+    test = DATASET.eval_sets["test"]
+    keep = (test["labels"] != 0).astype(np.float32)[:, None]
+    logits, _ = MODEL.forward(params, jnp.asarray(test["inputs"]),
+                              interventions={"hidden_0": lambda act: act * keep})
+    plain, _ = MODEL.forward(params, jnp.asarray(test["inputs"]))
+    accuracy = lambda logits: np.mean(np.argmax(np.asarray(logits), -1) == test["labels"])
+    self.assertAlmostEqual(result.summary["eval/test/accuracy"], accuracy(logits), places=5)
+    self.assertNotAlmostEqual(accuracy(logits), accuracy(plain), places=3)
 
 
 class ConfigErrorsTest(parameterized.TestCase):

@@ -43,17 +43,18 @@ class ArmPlan:
   grid: list[dict[str, float]]
   refreshers: tuple[Any, ...] = ()
   optimizer_extra_args: Callable[[training.TrainState], Mapping[str, Any]] | None = None
-  eval_interventions: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+  eval_interventions: objectives.InterventionsFn | None = None
 
 
-def _gated_rows(extra: Mapping[str, Any], index: int, site: str) -> jax.Array:
+def _gated_rows(run: objectives.RunView | training.TrainState, index: int, site: str) -> jax.Array:
   """The concept basis at ``site`` for runs whose grid point chose site ``index``, zeros otherwise.
 
-  An all-zero basis makes an ablation or a projection the identity, so one program can hold runs
-  that block at either site.
+  ``run`` is a run's view or its state (both have ``hparams`` and ``refreshed``). An all-zero basis
+  makes an ablation or a projection the identity, so one program can hold runs that block at either
+  site.
   """
-  chosen = (extra["hparams"]["site"] == index).astype(jnp.float32)
-  return chosen * extra[f"{BASIS}/{site}"].vectors
+  chosen = (run.hparams["site"] == index).astype(jnp.float32)
+  return chosen * run.refreshed[f"{BASIS}/{site}"].vectors
 
 
 def _block_refreshers(task: Task, config: ml_collections.ConfigDict, every: int) -> tuple[Any, ...]:
@@ -62,9 +63,13 @@ def _block_refreshers(task: Task, config: ml_collections.ConfigDict, every: int)
       every=every, batch_size=config.probe_batch_size) for site in task.block_sites)
 
 
-def _ablations(task: Task) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-  return lambda extra: {site: interventions.ablate(_gated_rows(extra, index, site))
-                        for index, site in enumerate(task.block_sites)}
+def _ablations(task: Task) -> objectives.InterventionsFn:
+  def ablations(run, batch):
+    del batch
+    return {site: interventions.ablate(_gated_rows(run, index, site))
+            for index, site in enumerate(task.block_sites)}
+
+  return ablations
 
 
 def _site_widths(task: Task) -> dict[str, int]:
@@ -96,7 +101,7 @@ def plan_arm(arm: str, task: Task, config: ml_collections.ConfigDict) -> ArmPlan
     ablations = _ablations(task)
     return dataclasses.replace(
         plain, grid=site_grid, refreshers=_block_refreshers(task, config, every),
-        objective=objectives.compose(task_loss, interventions=lambda step, extra, batch: ablations(extra)),
+        objective=objectives.compose(task_loss, interventions=ablations),
         eval_interventions=ablations)
   if arm in ("project_fixed", "project_refit"):
     every = 0 if arm == "project_fixed" else config.refit_every
@@ -110,7 +115,7 @@ def plan_arm(arm: str, task: Task, config: ml_collections.ConfigDict) -> ArmPlan
         # (Adam's per-coordinate scaling would otherwise put some back).
         optimizer=optax.chain(base, transforms.project_out(held)),
         optimizer_extra_args=lambda state: {"bases": {
-            s: _gated_rows(state.extra, index, s) for index, s in enumerate(task.block_sites)}})
+            s: _gated_rows(state, index, s) for index, s in enumerate(task.block_sites)}})
   if arm == "explanation":
     return dataclasses.replace(plain, grid=reshaping_grid("explanation"),
                                objective=objectives.compose(task_loss, task.explanation(weight)))
@@ -160,13 +165,18 @@ EVAL_METRICS = dict(objectives.CLASSIFICATION_METRICS, shortcut=shortcut_followi
 
 
 def decodability_evaluator(task: Task, plan: ArmPlan, config: ml_collections.ConfigDict):
+  probed_interventions = None
+  if plan.eval_interventions is not None:
+    # The decodability probe hands its interventions one run's view and no batch; the arms'
+    # evaluation-time interventions (ablations) read none.
+    probed_interventions = lambda run: plan.eval_interventions(run, {})
   measure = directions.make_decodability(
       task.model, task.dataset.eval_sets["val_ood"], field="concept", sites=task.model.site_names,
       position=task.position, heldout_fraction=0.5, l2=config.decodability_l2,
-      steps=config.decodability_steps, interventions=plan.eval_interventions)
+      steps=config.decodability_steps, interventions=probed_interventions)
 
-  def evaluate(params, extra):
-    result = measure(params, extra if plan.eval_interventions is not None else None)
+  def evaluate(params, run):
+    result = measure(params, run if plan.eval_interventions is not None else None)
     metrics = {}
     for index, site in enumerate(result.sites):
       metrics[f"decodability/{site}"] = result.heldout_accuracy[:, index]

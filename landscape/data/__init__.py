@@ -2,6 +2,7 @@
 
 from landscape.data._dataset import Batch
 from landscape.data._dataset import Dataset
+from landscape.data._dataset import Sampler
 from landscape.data._dataset import array_dataset
 from landscape.data._dataset import generator_dataset
 from landscape.data._dataset import permuted_indices

@@ -23,40 +23,40 @@ from landscape.sites import BadInputError
 Batch = dict[str, Any]
 
 
+# (arrays, data_key, step, batch_size, hparams) -> batch: the one signature of a dataset's sampler.
+Sampler = Callable[[Any, jax.Array, jax.Array, int, Mapping[str, jax.Array]], Batch]
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A training stream and named evaluation sets.
 
   Attributes:
     name: for messages and reports.
-    sample: (arrays, data_key, step, batch_size) -> batch, pure and jittable.
-    arrays: what `sample` reads (a pytree of arrays, possibly empty). Passed to the compiled step as
-      an argument, never baked into it as a constant.
+    sampler: (arrays, data_key, step, batch_size, hparams) -> batch, pure and jittable. ``hparams``
+      is the run's hyper-parameters (name -> float32 scalar, ``state.hparams``), so runs trained
+      together can see different data (a training-set size per run, say); a sampler that reads
+      none ignores it. Call it through `sample`.
+    arrays: what the sampler reads (a pytree of arrays, possibly empty). Passed to the compiled step
+      as an argument, never baked into it as a constant.
     eval_sets: name -> batch of NumPy arrays (every example is evaluated).
     info: free-form facts about the data (sizes, the shortcut's definition) for reports.
-    reads_hparams: when True, ``sample`` takes a fifth argument, the run's hyper-parameters
-      (``extra["hparams"]``), so runs trained together can see different data (a training-set size
-      per run, say).
   """
 
   name: str
-  sample: Callable[..., Batch]
+  sampler: Sampler
   arrays: Any
   eval_sets: Mapping[str, Batch]
   info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  reads_hparams: bool = False
 
-  def sample_for_run(self, arrays: Any, data_key: jax.Array, step: jax.Array, batch_size: int,
-                     hparams: Mapping[str, jax.Array]) -> Batch:
-    """``sample`` for one run, handing it the run's hyper-parameters when it reads them."""
-    if self.reads_hparams:
-      return self.sample(arrays, data_key, step, batch_size, hparams)
-    return self.sample(arrays, data_key, step, batch_size)
+  def sample(self, arrays: Any, data_key: jax.Array, step: jax.Array, batch_size: int,
+             hparams: Mapping[str, jax.Array] | None = None) -> Batch:
+    """Batch ``step`` of the stream keyed by ``data_key``; ``hparams`` default to none."""
+    return self.sampler(arrays, data_key, step, batch_size, {} if hparams is None else hparams)
 
   def example_batch(self, batch_size: int = 2, hparams: Mapping[str, Any] | None = None) -> Batch:
     """A small concrete batch, for shapes and initialisation."""
-    return self.sample_for_run(self.arrays, jax.random.PRNGKey(0), jnp.asarray(0), batch_size,
-                               hparams or {})
+    return self.sample(self.arrays, jax.random.PRNGKey(0), jnp.asarray(0), batch_size, hparams)
 
 
 _FEISTEL_ROUNDS = 4
@@ -117,7 +117,9 @@ def array_dataset(name: str, train: Batch, eval_sets: Mapping[str, Batch], *,
     if len(set(lengths.values())) != 1:
       raise BadInputError(f"dataset {name!r}: eval set {set_name!r} fields have different lengths {lengths}")
 
-  def sample(arrays: Batch, data_key: jax.Array, step: jax.Array, batch_size: int) -> Batch:
+  def sample(arrays: Batch, data_key: jax.Array, step: jax.Array, batch_size: int,
+             hparams: Mapping[str, jax.Array]) -> Batch:
+    del hparams
     if batch_size > num_examples:
       raise BadInputError(f"dataset {name!r}: batch_size {batch_size} > {num_examples} training examples")
     steps_per_epoch = num_examples // batch_size
@@ -126,7 +128,7 @@ def array_dataset(name: str, train: Batch, eval_sets: Mapping[str, Batch], *,
     indices = permuted_indices(positions, num_examples, jax.random.fold_in(data_key, epoch))
     return {key: jnp.take(value, indices, axis=0) for key, value in arrays.items()}
 
-  return Dataset(name=name, sample=sample, arrays=train,
+  return Dataset(name=name, sampler=sample, arrays=train,
                  eval_sets={key: dict(value) for key, value in eval_sets.items()},
                  info=dict(info or {}, num_train=num_examples))
 
@@ -136,11 +138,13 @@ def generator_dataset(name: str, generate: Callable[[jax.Array, int], Batch],
                       info: Mapping[str, Any] | None = None) -> Dataset:
   """A dataset drawn fresh at every step: batch t is ``generate(fold_in(data_key, t), batch_size)``."""
 
-  def sample(arrays: Any, data_key: jax.Array, step: jax.Array, batch_size: int) -> Batch:
-    del arrays
+  def sample(arrays: Any, data_key: jax.Array, step: jax.Array, batch_size: int,
+             hparams: Mapping[str, jax.Array]) -> Batch:
+    del arrays, hparams
     return generate(jax.random.fold_in(data_key, step), batch_size)
 
-  return Dataset(name=name, sample=sample, arrays={}, eval_sets=dict(eval_sets), info=dict(info or {}))
+  return Dataset(name=name, sampler=sample, arrays={}, eval_sets=dict(eval_sets),
+                 info=dict(info or {}))
 
 
 def with_probe_fields(dataset: Dataset, probe: Dataset, *, fields: tuple[str, ...] = ("inputs", "concept"),
@@ -153,17 +157,14 @@ def with_probe_fields(dataset: Dataset, probe: Dataset, *, fields: tuple[str, ..
   probe fields leaves the training batches as they were.
   """
 
-  def sample(arrays, data_key, step, batch_size, *hparams):
-    batch = dict(dataset.sample(arrays["train"], data_key, step, batch_size, *hparams))
+  def sample(arrays, data_key, step, batch_size, hparams):
+    batch = dict(dataset.sample(arrays["train"], data_key, step, batch_size, hparams))
     probe_batch = probe.sample(arrays["probe"], jax.random.fold_in(data_key, 1), step,
-                               probe_batch_size or batch_size, *hparams)
+                               probe_batch_size or batch_size, hparams)
     batch.update({prefix + field: probe_batch[field] for field in fields})
     return batch
 
-  if probe.reads_hparams and not dataset.reads_hparams:
-    raise BadInputError(f"with_probe_fields: probe {probe.name!r} reads hyper-parameters but "
-                        f"{dataset.name!r} does not")
-  return dataclasses.replace(dataset, sample=sample,
+  return dataclasses.replace(dataset, sampler=sample,
                              arrays={"train": dataset.arrays, "probe": probe.arrays},
                              info=dict(dataset.info, probe=probe.name))
 
@@ -176,11 +177,14 @@ def subset_sampler(dataset: Dataset, *, size_key: str = "train_size") -> Dataset
   """
 
   def sample(arrays, data_key, step, batch_size, hparams):
+    if size_key not in hparams:
+      raise BadInputError(f"dataset {dataset.name!r} samples from the first hparams[{size_key!r}] "
+                          f"examples, but the run's hyper-parameters are {sorted(hparams)}")
     size = hparams[size_key].astype(jnp.int32)
     indices = jax.random.randint(jax.random.fold_in(data_key, step), (batch_size,), 0, size)
     return {key: jnp.take(value, indices, axis=0) for key, value in arrays.items()}
 
-  return dataclasses.replace(dataset, sample=sample, reads_hparams=True,
+  return dataclasses.replace(dataset, sampler=sample,
                              info=dict(dataset.info, sampling=f"first hparams[{size_key!r}] examples"))
 
 

@@ -2,16 +2,16 @@
 
 `refit_basis` returns a refresher (it has the ``name``, ``init`` and ``update`` of the training
 loop's `Refresher` protocol, by duck typing: this floor does not import the training loop). The loop
-keeps its value, a `Basis`, in ``state.extra[name]``, so it is checkpointed with the run, restored on
-resume and visible to loss terms (``Term.interventions(step, extra, state, batch)`` can ablate along
-``extra[name]``) and to gradient transforms (``optimizer_extra_args=lambda state: {"bases":
-{site: state.extra[name]}}``).
+keeps its value, a `Basis`, in ``state.refreshed[name]``, so it is checkpointed with the run,
+restored on resume and visible to loss terms and interventions (``interventions(run, batch)`` can
+ablate along ``run.refreshed[name]``) and to gradient transforms (``optimizer_extra_args=lambda
+state: {"bases": {site: state.refreshed[name]}}``).
 
 At step t (before the loss, with the parameters the step starts from) the refresher refits when
-``t % every == 0`` and otherwise keeps its value: a `jax.lax.cond`. Under the loop's vmap over seeds
-the step is batched, so the cond becomes a select and the fit runs at every step (its result is
-discarded off the schedule): keep the fit cheap (difference of means costs one forward pass on the
-probe batch; the probes add a few hundred small matmuls).
+``t % every == 0`` and otherwise keeps its value: a `jax.lax.cond`. The loop keeps the step one
+unbatched scalar shared by the runs it vmaps over, so the cond stays a branch: the fit runs only at
+the steps it is due (were the step batched, the cond would become a select and the fit would run,
+its result discarded, at every step).
 
 The probe batch is drawn with ``dataset.sample(dataset.arrays, key, t, batch_size)``, the key being
 the one the loop hands the refresher at that step (derived from the run's state, so a resumed run
@@ -52,7 +52,7 @@ class BasisRefresher:
   """Refits a value at ``site`` every ``every`` steps: a `Basis` (K, D), or class means (C, D).
 
   Attributes:
-    name: the key of its value in the train state's ``extra``.
+    name: the key of its value in the train state's ``refreshed``.
     site: where the basis lives.
     every: the refit period in steps (step 0 included); 0 fits once, at initialisation, and keeps
       that basis (a fixed block found on the initial model).
@@ -69,9 +69,9 @@ class BasisRefresher:
     return self.fit(params, key, jnp.zeros((), jnp.int32))
 
   def update(self, value: Basis, *, params: Any, step: jax.Array, key: jax.Array,
-             extra: Mapping[str, Any]) -> Basis:
+             run: Any) -> Basis:
     """Refits when ``step % every == 0``; otherwise returns ``value`` unchanged."""
-    del extra
+    del run
     if self.every == 0:
       return value
     return jax.lax.cond(step % self.every == 0, lambda: self.fit(params, key, step), lambda: value)
@@ -155,7 +155,7 @@ def refit_basis(name: str, *, model: Model, site: str, data: Dataset | Mapping[s
   """A refresher that refits a class basis (C - 1 directions) at ``site`` every ``every`` steps.
 
   Args:
-    name: the key in ``state.extra``.
+    name: the key in ``state.refreshed`` (and ``run.refreshed``).
     model, site: the model and the site whose activations are fitted.
     data: a `Dataset` (a probe batch of ``batch_size`` is sampled at each refit) or a fixed batch
       (a dict of arrays with ``inputs`` and ``field``).

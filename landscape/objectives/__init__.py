@@ -9,7 +9,9 @@ from landscape.objectives._classification import per_example_accuracy
 from landscape.objectives._classification import per_example_cross_entropy
 from landscape.objectives._classification import weighted_mean
 from landscape.objectives._composition import Hyperparameter
+from landscape.objectives._composition import InterventionsFn
 from landscape.objectives._composition import Objective
+from landscape.objectives._composition import RunView
 from landscape.objectives._composition import Term
 from landscape.objectives._composition import TermInputs
 from landscape.objectives._composition import chain_interventions

@@ -24,20 +24,39 @@ from landscape.sites import BadInputError
 TermFn = Callable[["TermInputs"], Any]
 
 
+class RunView(NamedTuple):
+  """A read-only view of one run's state: what interventions, loss terms and refreshers read.
+
+  step: the training step, an int32 scalar shared by every run trained together.
+  hparams: name -> this run's hyper-parameter, a float32 scalar (see `hyperparameter`).
+  refreshed: refresher name -> its current value (a basis refitted during training, say).
+  term_states: term name -> that term's own state (an adversary's probe), held fixed here.
+  """
+
+  step: jax.Array
+  hparams: Mapping[str, jax.Array]
+  refreshed: Mapping[str, Any]
+  term_states: Mapping[str, Any]
+
+
+# (run, batch) -> site -> intervention: the one signature of training interventions (an objective's
+# and a term's) and of evaluation-time ones.
+InterventionsFn = Callable[[RunView, Mapping[str, Any]], Mapping[str, Intervention]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Hyperparameter:
-  """A per-run value: ``scale * extra["hparams"][name]``.
+  """A per-run value: ``scale * run.hparams[name]``.
 
   Runs trained together in one program (a grid of values times seeds, see `training.train`'s
   ``hparam_grid``) each find their own value there, so a weight or a steering magnitude given as
-  ``hyperparameter("weight")`` differs between runs of one compiled program.
+  ``hyperparameter("weight")`` differs between runs of one compiled program. Values are float32.
   """
 
   name: str
   scale: float = 1.0
 
-  def value(self, extra: Mapping[str, Any]) -> jax.Array:
-    hparams = extra.get("hparams", {})
+  def value(self, hparams: Mapping[str, Any]) -> jax.Array:
     if self.name not in hparams:
       raise BadInputError(f"hyperparameter {self.name!r} is not among this run's hyper-parameters "
                           f"{sorted(hparams)}; pass it in training.train(hparam_grid=...)")
@@ -45,19 +64,20 @@ class Hyperparameter:
 
 
 def hyperparameter(name: str, scale: float = 1.0) -> Hyperparameter:
-  """A weight (or magnitude) read from each run's ``extra["hparams"][name]``, times ``scale``."""
+  """A weight (or magnitude) read from each run's ``run.hparams[name]``, times ``scale``."""
   return Hyperparameter(name, scale)
 
 
 Weight = float | Callable[[jax.Array], jax.Array] | Hyperparameter
 
 
-def value_at(weight: Weight, step: jax.Array, extra: Mapping[str, Any] | None = None) -> jax.Array:
+def value_at(weight: Weight, step: jax.Array,
+             hparams: Mapping[str, Any] | None = None) -> jax.Array:
   """A float, an optax schedule's value at ``step``, or a run's hyper-parameter, as float32."""
   if isinstance(weight, Hyperparameter):
-    if extra is None:
-      raise BadInputError(f"hyperparameter {weight.name!r} needs the train state's extra")
-    value = weight.value(extra)
+    if hparams is None:
+      raise BadInputError(f"hyperparameter {weight.name!r} needs the run's hyper-parameters")
+    value = weight.value(hparams)
   else:
     value = weight(step) if callable(weight) else weight
   return jnp.asarray(value, jnp.float32)
@@ -71,8 +91,9 @@ class TermInputs(NamedTuple):
   batch: the training batch.
   params: the model's parameters.
   state: the term's own state (None when it has none).
-  extra: the train state's extra entries (refreshed bases and the like), read-only.
-  step: the training step (int32 scalar).
+  run: the run's step, hyper-parameters, refreshed values (bases refitted during training) and
+    term states (held fixed), read-only.
+  step: the training step (int32 scalar), ``run.step``.
   rng: a key for this term at this step.
   forward: ``forward(params, inputs, *, interventions=None, capture=()) -> (outputs, acts)`` reruns
     the model with the training interventions plus any given (input gradients, counterfactuals).
@@ -83,7 +104,7 @@ class TermInputs(NamedTuple):
   batch: Mapping[str, jax.Array]
   params: Any
   state: Any
-  extra: Mapping[str, Any]
+  run: RunView
   step: jax.Array
   rng: jax.Array
   forward: Callable[..., tuple[Any, dict[str, jax.Array]]]
@@ -102,8 +123,9 @@ class Term:
     init: (key, params) -> the term's own state, or None.
     optimizer: trains that state on the gradient of ``fn``'s value (required with a
       differentiable state; None for state that only ``refresh`` changes).
-    interventions: (step, extra, state, batch) -> site -> intervention, applied in the training
-      forward pass (``batch`` lets an intervention differ per example).
+    interventions: (run, batch) -> site -> intervention, applied in the training forward pass
+      (``run.term_states[name]`` is the term's own state; ``batch`` lets an intervention differ
+      per example).
   """
 
   name: str
@@ -112,11 +134,10 @@ class Term:
   sites: tuple[str, ...] = ()
   init: Callable[[jax.Array, Any], Any] | None = None
   optimizer: optax.GradientTransformation | None = None
-  interventions: Callable[[jax.Array, Mapping[str, Any], Any, Mapping[str, Any]],
-                          Mapping[str, Intervention]] | None = None
+  interventions: InterventionsFn | None = None
 
-  def weight_at(self, step: jax.Array, extra: Mapping[str, Any] | None = None) -> jax.Array:
-    return value_at(self.weight, step, extra)
+  def weight_at(self, run: RunView) -> jax.Array:
+    return value_at(self.weight, run.step, run.hparams)
 
 
 def term(name: str, *, weight: Weight = 1.0, sites: Sequence[str] = ()) -> Callable[[TermFn], Term]:
@@ -146,13 +167,12 @@ class Objective:
 
   Attributes:
     terms: the loss terms; names must be unique.
-    interventions: (step, extra, batch) -> site -> intervention, beyond those the terms bring.
+    interventions: (run, batch) -> site -> intervention, beyond those the terms bring.
       Where several apply at one site they run in order: this objective's, then each term's.
   """
 
   terms: tuple[Term, ...]
-  interventions: Callable[[jax.Array, Mapping[str, Any], Mapping[str, Any]],
-                          Mapping[str, Intervention]] | None = None
+  interventions: InterventionsFn | None = None
 
   def __post_init__(self):
     names = [t.name for t in self.terms]
@@ -171,46 +191,45 @@ class Objective:
   def stateful_terms(self) -> tuple[Term, ...]:
     return tuple(t for t in self.terms if t.init is not None)
 
-  def init(self, key: jax.Array, params: Any) -> dict[str, Any]:
-    """The term states and their optimizer states: {"terms": {...}, "term_optimizers": {...}}."""
+  def init(self, key: jax.Array, params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(term name -> state, term name -> its optimizer's state) for the stateful terms."""
     states, optimizer_states = {}, {}
     for index, t in enumerate(self.stateful_terms):
       states[t.name] = t.init(jax.random.fold_in(key, index), params)
       if t.optimizer is not None:
         optimizer_states[t.name] = t.optimizer.init(states[t.name])
-    return {"terms": states, "term_optimizers": optimizer_states}
+    return states, optimizer_states
 
-  def training_interventions(self, step: jax.Array, extra: Mapping[str, Any],
-                             term_states: Mapping[str, Any],
-                             batch: Mapping[str, Any]) -> dict[str, Intervention]:
-    """The interventions of the training forward pass at ``step``, merged site by site.
+  def training_interventions(self, run: RunView, batch: Mapping[str, Any]
+                             ) -> dict[str, Intervention]:
+    """The interventions of the training forward pass, merged site by site.
 
     Term states enter held fixed: a term's state is trained by its own value alone, never through
     an intervention it brings.
     """
-    term_states = jax.lax.stop_gradient(dict(term_states))
+    run = run._replace(term_states=jax.lax.stop_gradient(dict(run.term_states)))
     merged: dict[str, Intervention] = {}
-    sources = [self.interventions(step, extra, batch)] if self.interventions is not None else []
-    sources += [t.interventions(step, extra, term_states.get(t.name), batch) for t in self.terms
-                if t.interventions is not None]
+    sources = [self.interventions(run, batch)] if self.interventions is not None else []
+    sources += [t.interventions(run, batch) for t in self.terms if t.interventions is not None]
     for source in sources:
       for site, intervention in source.items():
         merged[site] = chain_interventions(merged[site], intervention) if site in merged else intervention
     return merged
 
   def loss(self, model, params: Any, term_states: Mapping[str, Any], *, batch: Mapping[str, Any],
-           extra: Mapping[str, Any], step: jax.Array, rng: jax.Array
-           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+           run: RunView, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The weighted sum of the terms, and metrics; differentiable in ``params`` and ``term_states``.
 
-    A stateful term is evaluated twice: with its state held fixed (its weighted value trains the
-    model) and with the model held fixed (its unweighted value trains the state); the second adds
-    zero to the total.
+    ``run`` gives the step, hyper-parameters and refreshed values; its ``term_states`` are replaced
+    by ``term_states`` (held fixed). A stateful term is evaluated twice: with its state held fixed
+    (its weighted value trains the model) and with the model held fixed (its unweighted value trains
+    the state); the second adds zero to the total.
     """
-    interventions = self.training_interventions(step, extra, term_states, batch)
+    run = run._replace(term_states=jax.lax.stop_gradient(dict(term_states)))
+    interventions = self.training_interventions(run, batch)
 
     def forward(forward_params, inputs, *, interventions=None, capture=()):
-      merged = dict(self.training_interventions(step, extra, term_states, batch))
+      merged = dict(self.training_interventions(run, batch))
       for site, intervention in (interventions or {}).items():
         merged[site] = chain_interventions(merged[site], intervention) if site in merged else intervention
       return model.forward(forward_params, inputs, interventions=merged, capture=capture)
@@ -221,9 +240,9 @@ class Objective:
     metrics: dict[str, jax.Array] = {}
     for index, t in enumerate(self.terms):
       inputs = TermInputs(outputs=outputs, acts={s: acts[s] for s in t.sites}, batch=batch,
-                          params=params, state=term_states.get(t.name), extra=extra, step=step,
+                          params=params, state=term_states.get(t.name), run=run, step=run.step,
                           rng=jax.random.fold_in(rng, index), forward=forward)
-      weight = t.weight_at(step, extra)
+      weight = t.weight_at(run)
       if t.init is not None:
         fixed_state = inputs._replace(state=jax.lax.stop_gradient(inputs.state))
         value, term_metrics = _value_and_metrics(t.fn(fixed_state), t.name)
@@ -240,17 +259,18 @@ class Objective:
     metrics["loss"] = total
     return total, metrics
 
-  def update_states(self, extra: Mapping[str, Any], state_grads: Mapping[str, Any]) -> dict[str, Any]:
-    """Applies each stateful term's optimizer to its state's gradient; returns the new extra."""
-    states = dict(extra["terms"])
-    optimizer_states = dict(extra["term_optimizers"])
+  def update_states(self, term_states: Mapping[str, Any], term_opt_states: Mapping[str, Any],
+                    state_grads: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Applies each stateful term's optimizer to its state's gradient: new (states, opt states)."""
+    states = dict(term_states)
+    optimizer_states = dict(term_opt_states)
     for t in self.stateful_terms:
       if t.optimizer is None:
         continue
       updates, optimizer_states[t.name] = t.optimizer.update(
           state_grads[t.name], optimizer_states[t.name], states[t.name])
       states[t.name] = optax.apply_updates(states[t.name], updates)
-    return {**extra, "terms": states, "term_optimizers": optimizer_states}
+    return states, optimizer_states
 
 
 def compose(*terms: Term, interventions=None) -> Objective:

@@ -14,7 +14,7 @@ from landscape.objectives._fields import check_one_source
 from landscape.objectives._fields import check_width
 from landscape.objectives._fields import checked_rows
 from landscape.objectives._fields import coordinates
-from landscape.objectives._fields import rows_from_extra
+from landscape.objectives._fields import refreshed_rows
 from landscape.sites import BadInputError
 
 NORMS = ("l2", "l1")
@@ -33,8 +33,8 @@ def concept_penalty(site: str, basis: Basis | jax.Array | np.ndarray | None = No
   Args:
     site: the site read (declared, so it is captured in the training forward pass).
     basis: a `Basis` or (K, D) array with orthonormal rows, fixed for the run.
-    basis_key: instead, read the rows each step from ``inputs.extra[basis_key]`` (a basis refitted
-      during training by a refresher of that name; a `Basis`, an array or site -> either).
+    basis_key: instead, read the rows each step from ``inputs.run.refreshed[basis_key]`` (a basis
+      refitted during training by a refresher of that name; a `Basis`, an array or site -> either).
     norm: "l2" (default) or "l1".
   """
   check_one_source(basis, basis_key, what="basis", term=name)
@@ -43,8 +43,8 @@ def concept_penalty(site: str, basis: Basis | jax.Array | np.ndarray | None = No
   fixed_rows = None if basis is None else checked_rows(basis, site=site, term=name)
 
   def fn(inputs: TermInputs):
-    rows_KxD = fixed_rows if fixed_rows is not None else rows_from_extra(
-        inputs.extra, basis_key, site=site, term=name)
+    rows_KxD = fixed_rows if fixed_rows is not None else refreshed_rows(
+        inputs.run, basis_key, site=site, term=name)
     act = inputs.acts[site]
     check_width(act, rows_KxD, site=site, term=name)
     coords = coordinates(act, rows_KxD)

@@ -20,7 +20,7 @@ from landscape.objectives._fields import check_one_source
 from landscape.objectives._fields import check_width
 from landscape.objectives._fields import checked_rows
 from landscape.objectives._fields import coordinates
-from landscape.objectives._fields import rows_from_extra
+from landscape.objectives._fields import refreshed_rows
 from landscape.sites import BadInputError
 
 DIVERGENCES = ("kl", "mse")
@@ -62,7 +62,7 @@ def counterfactual_consistency(site: str, basis: Basis | jax.Array | np.ndarray 
 
   Args:
     basis: a `Basis` or (K, D) array with orthonormal rows; or ``basis_key`` to read them each step
-      from ``inputs.extra`` (a refitted basis).
+      from ``inputs.run.refreshed`` (a refitted basis).
     divergence: "kl" (default): KL(p_original || p_counterfactual) between the softmaxes; it is zero
       exactly when the predictive distributions agree and ignores a shift common to all logits.
       "mse": the mean squared difference of the logits (for regression outputs).
@@ -84,8 +84,8 @@ def counterfactual_consistency(site: str, basis: Basis | jax.Array | np.ndarray 
   fixed_rows = None if basis is None else checked_rows(basis, site=site, term=name)
 
   def fn(inputs: TermInputs):
-    rows_KxD = fixed_rows if fixed_rows is not None else rows_from_extra(
-        inputs.extra, basis_key, site=site, term=name)
+    rows_KxD = fixed_rows if fixed_rows is not None else refreshed_rows(
+        inputs.run, basis_key, site=site, term=name)
     act = inputs.acts[site]
     check_width(act, rows_KxD, site=site, term=name)
     coords = coordinates(act, rows_KxD)

@@ -35,7 +35,7 @@ from landscape.objectives._fields import batch_field
 from landscape.objectives._fields import check_width
 from landscape.objectives._fields import checked_rows
 from landscape.objectives._fields import coordinates
-from landscape.objectives._fields import rows_from_extra
+from landscape.objectives._fields import refreshed_rows
 from landscape.sites import BadInputError
 
 
@@ -118,7 +118,7 @@ def site_explanation_penalty(site: str, basis: Basis | jax.Array | np.ndarray | 
   Args:
     site: where the gradient is taken (declared: its activation's shape comes from the capture).
     basis: a `Basis` or (K, D) array with orthonormal rows; or ``basis_key`` to read them each step
-      from ``inputs.extra`` (a refitted basis); or neither, for the whole space of the site.
+      from ``inputs.run.refreshed`` (a refitted basis); or neither, for the whole space of the site.
     mask_key: the batch field of the forbidden examples or positions.
   """
   if basis is not None and basis_key is not None:
@@ -130,8 +130,8 @@ def site_explanation_penalty(site: str, basis: Basis | jax.Array | np.ndarray | 
     gradients = site_gradients(inputs.forward, inputs.params, inputs.batch["inputs"], site,
                                act.shape)
     if fixed_rows is not None or basis_key is not None:
-      rows_KxD = fixed_rows if fixed_rows is not None else rows_from_extra(
-          inputs.extra, basis_key, site=site, term=name)
+      rows_KxD = fixed_rows if fixed_rows is not None else refreshed_rows(
+          inputs.run, basis_key, site=site, term=name)
       check_width(act, rows_KxD, site=site, term=name)
       gradients = coordinates(gradients, rows_KxD)
     if mask_key is not None:

@@ -1,9 +1,9 @@
-"""What auxiliary terms read: batch fields, bases and vectors given or held in ``extra``, weights.
+"""What auxiliary terms read: batch fields, bases and vectors given or refreshed, weights.
 
 Shared by the terms over interpretable directions. A basis is given as a `Basis` or a (K, D) array
 with orthonormal rows (checked when the term is built), or read at every step from
-``inputs.extra[key]``, where a refresher keeps a basis refitted during training (a `Basis`, an
-array, or a mapping site -> either).
+``inputs.run.refreshed[key]``, the value of the refresher named ``key`` (a basis refitted during
+training: a `Basis`, an array, or a mapping site -> either).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from landscape.directions import Basis
 from landscape.directions import check_basis
 
+from landscape.objectives._composition import RunView
 from landscape.objectives._composition import Weight as Schedule
 from landscape.objectives._composition import value_at  # noqa: F401  (re-exported for the terms)
 from landscape.sites import BadInputError
@@ -49,15 +50,15 @@ def check_one_source(given: Any, key: str | None, *, what: str, term: str) -> No
                         f"(got {what}={'None' if given is None else '...'}, {what}_key={key!r})")
 
 
-def rows_from_extra(extra: Mapping[str, Any], key: str, *, site: str, term: str) -> jax.Array:
-  """The (K, D) rows held at ``extra[key]`` (a `Basis`, an array, or a mapping site -> either)."""
-  if key not in extra:
-    raise BadInputError(f"loss term {term!r} reads extra[{key!r}], but the train state's extra has "
-                        f"{sorted(extra)}; add the refresher that keeps it")
-  value = extra[key]
+def refreshed_rows(run: RunView, key: str, *, site: str, term: str) -> jax.Array:
+  """The (K, D) rows of refresher ``key``'s value (a `Basis`, an array or site -> either)."""
+  if key not in run.refreshed:
+    raise BadInputError(f"loss term {term!r} reads the refresher {key!r}, but the run has "
+                        f"refreshers {sorted(run.refreshed)}; add the refresher that keeps it")
+  value = run.refreshed[key]
   if isinstance(value, Mapping):
     if site not in value:
-      raise BadInputError(f"loss term {term!r}: extra[{key!r}] has no entry for site {site!r} "
+      raise BadInputError(f"loss term {term!r}: refresher {key!r} has no entry for site {site!r} "
                           f"(it has {sorted(value)})")
     value = value[site]
   rows = value.vectors if isinstance(value, Basis) else jnp.asarray(value)

@@ -24,7 +24,7 @@ from landscape.objectives._composition import TermInputs
 from landscape.objectives._fields import Schedule
 from landscape.objectives._fields import batch_field
 from landscape.objectives._fields import check_one_source
-from landscape.objectives._fields import rows_from_extra
+from landscape.objectives._fields import refreshed_rows
 from landscape.objectives._fields import value_at
 from landscape.sites import BadInputError
 
@@ -50,7 +50,7 @@ def preventative_steering(site: str, vector: Basis | jax.Array | np.ndarray | No
   Args:
     site: the steered site.
     vector: (D,) array, or a one-row `Basis`; with ``concept_key``, (C, D) vectors, one per class.
-      Or ``vector_key`` to read it (them) each step from ``inputs.extra`` (a refitted direction).
+      Or ``vector_key`` to read it (them) each step from ``run.refreshed`` (a refitted direction).
     alpha: a float, an optax schedule of the step, or a `hyperparameter`.
     concept_key: a batch field of per-example class indices; example b is shifted by
       ``alpha * vectors[batch[concept_key][b]]``.
@@ -69,29 +69,28 @@ def preventative_steering(site: str, vector: Basis | jax.Array | np.ndarray | No
   else:
     fixed = None
 
-  def rows_in(extra) -> jax.Array:
+  def rows_in(run) -> jax.Array:
     if fixed is not None:
       return fixed
-    return _vector_rows(rows_from_extra(extra, vector_key, site=site, term=name), site=site,
+    return _vector_rows(refreshed_rows(run, vector_key, site=site, term=name), site=site,
                         term=name, per_class=per_class)
 
-  def shift_rows(extra, batch) -> jax.Array:
+  def shift_rows(run, batch) -> jax.Array:
     """(1, D) for one vector, (B, D) for per-example vectors."""
-    rows = rows_in(extra)
+    rows = rows_in(run)
     if not per_class:
       return rows
     return jnp.take(rows, batch_field(batch, concept_key, term=name).astype(jnp.int32), axis=0)
 
-  def interventions(step, extra, state, batch):
-    del state
-    magnitude = value_at(alpha, step, extra)
+  def interventions(run, batch):
+    magnitude = value_at(alpha, run.step, run.hparams)
     if per_class:
-      return {site: steer_examples(shift_rows(extra, batch), magnitude)}
-    return {site: steer(rows_in(extra)[0], magnitude)}
+      return {site: steer_examples(shift_rows(run, batch), magnitude)}
+    return {site: steer(rows_in(run)[0], magnitude)}
 
   def fn(inputs: TermInputs):
-    vectors = shift_rows(inputs.extra, inputs.batch).astype(jnp.float32)
-    alpha_now = value_at(alpha, inputs.step, inputs.extra)
+    vectors = shift_rows(inputs.run, inputs.batch).astype(jnp.float32)
+    alpha_now = value_at(alpha, inputs.run.step, inputs.run.hparams)
     mean_vector = jnp.mean(vectors, axis=0)
     unit_D = mean_vector / jnp.maximum(jnp.linalg.norm(mean_vector), 1e-12)
     act = inputs.acts[site].astype(jnp.float32)

@@ -29,7 +29,9 @@ from absl import logging
 from landscape.data import Dataset
 from landscape.models import Model
 from landscape.objectives import CLASSIFICATION_METRICS
+from landscape.objectives import InterventionsFn
 from landscape.objectives import Objective
+from landscape.objectives import RunView
 from landscape.training import _sharding
 from landscape.training._checkpoint import Checkpoints
 from landscape.training._config import ConfigError
@@ -40,13 +42,20 @@ from landscape.training._metrics import params_digest
 from landscape.training._metrics import read_jsonl
 from landscape.training._metrics import to_json_value
 from landscape.training._metrics import write_json_atomically
+from landscape.training._parallelism import compile_chunk
+from landscape.training._state import RUN_VIEW_AXES
 from landscape.training._state import Refresher
 from landscape.training._state import TrainState
+from landscape.training._state import check_names
+from landscape.training._state import stack_runs
 from landscape.training._step import ExtraArgsFn
 from landscape.training._step import MetricFn
 from landscape.training._step import init_state
 from landscape.training._step import make_eval_step
-from landscape.training._step import make_train_step
+from landscape.training._step import run_view
+
+# (run-stacked params, run-stacked RunView) -> name -> (S, ...) values, logged at every evaluation.
+Evaluator = Callable[[Any, RunView], Mapping[str, Any]]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,7 +73,8 @@ class Preempted(RuntimeError):
 class TrainResult:
   """What `train` leaves behind besides the files in ``workdir``.
 
-  state: the final run-stacked state (leading axis: runs). summary: the contents of summary.json.
+  state: the final run-stacked state (leading axis: runs; the step shared). summary: the contents
+  of summary.json.
   evaluations: step -> {"eval/{set}/{metric}": (S,) array}, every evaluation of this invocation.
   """
 
@@ -182,20 +192,64 @@ def _first_bad_step(metrics: Mapping[str, np.ndarray]) -> tuple[int, list[str]] 
   return index, terms
 
 
-def _evaluator(*, model: Model, dataset: Dataset, metric_fns: Mapping[str, MetricFn],
-               interventions, eval_batch_size: int, device_put: Callable[[Any], Any]):
-  """Returns ``evaluate(params, extra) -> {"eval/{set}/{metric}": (S,) array}`` over every eval set."""
-  eval_step = make_eval_step(model=model, metric_fns=metric_fns, interventions=interventions)
+def non_finite_error(metrics: Mapping[str, np.ndarray], bad: tuple[int, list[str]], *,
+                     chunk_start: int, last_good: int | None, workdir: str) -> NonFiniteLossError:
+  """The error for the bad step `_first_bad_step` found in a chunk that began at ``chunk_start``.
 
-  def over_set(params, extra, chunks, valid_CxE):
+  It names the step, the term(s) that went non-finite (or the norms when every term was finite),
+  every term's value, and the last good checkpoint (``last_good``), which is left untouched.
+  """
+  index, terms = bad
+  bad_step = chunk_start + index
+  values = {name.removeprefix("loss/"): metrics[name][index].tolist()
+            for name in metrics if name.startswith("loss/")}
+  norms = {name: metrics[name][index].tolist() for name in GUARDED_METRICS[1:]}
+  culprit = (f"term(s) {terms} went non-finite" if terms else
+             f"every term was finite but not the gradient, update or parameters ({norms})")
+  kept = ("no checkpoint had been written yet" if last_good is None else
+          f"the last good checkpoint (step {last_good}) is untouched in {workdir}/checkpoints")
+  return NonFiniteLossError(f"training went non-finite at step {bad_step} "
+                            f"(the update logged as step {bad_step + 1}): "
+                            f"{culprit}; term values {values}; {kept}")
+
+
+def _write_chunk_metrics(writer: MetricsWriter, metrics: Mapping[str, np.ndarray], *,
+                         chunk_start: int, num_steps: int, bad: tuple[int, list[str]] | None,
+                         config: ml_collections.ConfigDict) -> None:
+  """Writes the chunk's rows due for logging; with a bad step, every row up to and including it."""
+  rows = range(num_steps) if bad is None else range(bad[0] + 1)
+  for index in rows:
+    logged_step = chunk_start + index + 1
+    if _due(logged_step, config.log_every, config.steps) or bad is not None:
+      writer.write(logged_step, {name: values[index] for name, values in metrics.items()})
+
+
+def stacked_run_view(state: TrainState) -> RunView:
+  """A run-stacked state's run view, its shared step repeated per run: every leaf run-stacked."""
+  num_runs = jax.tree_util.tree_leaves(state.params)[0].shape[0]
+  return run_view(state)._replace(step=jnp.broadcast_to(state.step, (num_runs,)))
+
+
+def _evaluator(*, model: Model, dataset: Dataset, metric_fns: Mapping[str, MetricFn],
+               interventions: InterventionsFn | None, eval_batch_size: int,
+               device_put: Callable[[Any], Any]):
+  """Returns ``evaluate(params, run) -> {"eval/{set}/{metric}": (S,) array}`` over every eval set.
+
+  ``params`` and ``run`` (a `RunView`) are run-stacked, the step shared.
+  """
+  eval_step = jax.vmap(make_eval_step(model=model, metric_fns=metric_fns,
+                                      interventions=interventions),
+                       in_axes=(0, RUN_VIEW_AXES, None, None))
+
+  def over_set(params, run, chunks, valid_CxE):
     def accumulate(totals, chunk_and_valid):
       chunk, valid_E = chunk_and_valid
-      sums = jax.vmap(eval_step, in_axes=(0, 0, None, None))(params, extra, chunk, valid_E)
+      sums = eval_step(params, run, chunk, valid_E)
       return jax.tree_util.tree_map(jnp.add, totals, sums), None
 
     zeros = jax.eval_shape(
-        lambda: jax.vmap(eval_step, in_axes=(0, 0, None, None))(
-            params, extra, jax.tree_util.tree_map(lambda x: x[0], chunks), valid_CxE[0]))
+        lambda: eval_step(params, run, jax.tree_util.tree_map(lambda x: x[0], chunks),
+                          valid_CxE[0]))
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
     totals, _ = jax.lax.scan(accumulate, zeros, (chunks, valid_CxE))
     return {name: value_sum / jnp.maximum(weight_sum, 1e-12)
@@ -215,71 +269,38 @@ def _evaluator(*, model: Model, dataset: Dataset, metric_fns: Mapping[str, Metri
     valid = (np.arange(num_chunks * chunk) < size).astype(np.float32).reshape(num_chunks, chunk)
     sets[set_name] = device_put((chunks, valid))
 
-  def evaluate(params, extra) -> dict[str, np.ndarray]:
+  def evaluate(params, run: RunView) -> dict[str, np.ndarray]:
     results = {}
     for set_name, (chunks, valid) in sets.items():
-      for metric, values in _sharding.fetch(compiled(params, extra, chunks, valid)).items():
+      for metric, values in _sharding.fetch(compiled(params, run, chunks, valid)).items():
         results[f"eval/{set_name}/{metric}"] = values
     return results
 
   return evaluate
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, objective: Objective,
-          optimizer: optax.GradientTransformationExtraArgs, dataset: Dataset,
-          refreshers: Sequence[Refresher] = (), optimizer_extra_args: ExtraArgsFn | None = None,
-          eval_metrics: Mapping[str, MetricFn] = CLASSIFICATION_METRICS,
-          eval_interventions: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
-          evaluators: Sequence[Callable[[Any, Mapping[str, Any]], Mapping[str, Any]]] = (),
-          hparam_grid: Sequence[Mapping[str, float]] | None = None,
-          param_rules: Sequence[_sharding.ParamRule] = ()) -> TrainResult:
-  """Trains ``config.num_seeds`` runs of ``model`` under ``objective`` and ``optimizer`` together.
+class _Evaluations:
+  """Evaluates a run-stacked state on every eval set and with every evaluator; keeps and logs it."""
 
-  With ``hparam_grid`` (a list of name -> value), every grid point is trained with every seed, all
-  in one program: run r has grid point r // num_seeds and seed ``config.seed + r % num_seeds``, and
-  finds its values in ``state.extra["hparams"]``. ``evaluators`` are called at every evaluation with
-  the run-stacked (params, extra) and return extra metrics with a leading run axis (decodability
-  probes, say).
+  def __init__(self, evaluate, evaluators: Sequence[Evaluator], writer: MetricsWriter):
+    self._evaluate = evaluate
+    self._evaluators = evaluators
+    self._writer = writer
+    self.by_step: dict[int, dict[str, np.ndarray]] = {}
 
-  Reads the loop's fields of ``config`` (see `loop_config`); writes metrics.jsonl, tensorboard/,
-  checkpoints/ and summary.json under ``workdir``. Running it again with the same arguments resumes
-  from the latest complete checkpoint and, on CPU, ends bitwise where an uninterrupted run ends.
+  def __call__(self, step: int, state: TrainState, *, log: bool = True) -> None:
+    results = self._evaluate(state.params, run_view(state))
+    for evaluator in self._evaluators:
+      results.update(_sharding.fetch(dict(evaluator(state.params, stacked_run_view(state)))))
+    self.by_step[step] = results
+    if log:
+      self._writer.write(step, results)
 
-  Raises:
-    ConfigError: before compiling, for a field that cannot work (named with its value).
-    UnknownSiteError: before compiling, for a term's site the model lacks.
-    NonFiniteLossError: at the first step whose loss, gradient, update or parameters are not
-      finite, naming the step and the term(s).
-    Preempted: after checkpointing, when SIGTERM arrived.
-  """
-  _sharding.initialize_distributed(config)
-  runs = run_table(config, hparam_grid)
-  num_runs = len(runs)
-  shape = validate_loop_config(config, num_runs=num_runs)
-  model.check_sites(objective.sites, what=f"{model.name}: objective terms")
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  use_pmap = config.parallelism == "pmap"
-  num_devices = shape["seed"] * shape["data"] * shape["model"]
 
-  train_step = make_train_step(model=model, objective=objective, optimizer=optimizer,
-                               refreshers=refreshers, optimizer_extra_args=optimizer_extra_args,
-                               axis_name="data" if use_pmap else None)
-  init_one = jax.jit(functools.partial(init_state, model=model, objective=objective,
-                                       optimizer=optimizer, refreshers=refreshers))
-
-  def initial_state() -> TrainState:
-    states = [init_one(jax.random.PRNGKey(run["seed"]),
-                       hparams={name: value for name, value in run.items() if name != "seed"})
-              for run in runs]
-    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
-
-  mesh = _sharding.make_mesh(shape)
-  abstract = jax.eval_shape(initial_state)
-  shardings = _sharding.state_shardings(abstract, mesh, param_rules)
-  replicated = _sharding.replicated(mesh)
-  batch_size = config.batch_size
-
+def _open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
+                      hparam_grid: Sequence[Mapping[str, float]] | None, *,
+                      is_main: bool) -> tuple[Checkpoints, int]:
+  """(the run's checkpoints, the step to start from); checks a resumed run's config, writes it."""
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=config.max_to_keep,
                             async_save=config.async_checkpoints)
   start_step = checkpoints.latest_step() or 0
@@ -292,84 +313,91 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
       check_resumed_config(config, json.load(handle), hparam_grid)
   if is_main:
     write_json_atomically(config_path, run_identity(config, hparam_grid))
+  return checkpoints, start_step
+
+
+def _restore(checkpoints: Checkpoints, step: int, abstract: TrainState,
+             shardings: Any) -> TrainState:
+  """The state saved at ``step``, laid out as ``shardings``."""
+  target = jax.tree_util.tree_map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract, shardings)
+  return checkpoints.restore(step, target)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, objective: Objective,
+          optimizer: optax.GradientTransformationExtraArgs, dataset: Dataset,
+          refreshers: Sequence[Refresher] = (), optimizer_extra_args: ExtraArgsFn | None = None,
+          eval_metrics: Mapping[str, MetricFn] = CLASSIFICATION_METRICS,
+          eval_interventions: InterventionsFn | None = None,
+          evaluators: Sequence[Evaluator] = (),
+          hparam_grid: Sequence[Mapping[str, float]] | None = None,
+          param_rules: Sequence[_sharding.ParamRule] = ()) -> TrainResult:
+  """Trains ``config.num_seeds`` runs of ``model`` under ``objective`` and ``optimizer`` together.
+
+  With ``hparam_grid`` (a list of name -> value), every grid point is trained with every seed, all
+  in one program: run r has grid point r // num_seeds and seed ``config.seed + r % num_seeds``, and
+  finds its values, as float32, in ``state.hparams`` (``run.hparams`` for terms, interventions and
+  the dataset's sampler). ``eval_interventions(run, batch)`` are the evaluation forward pass's
+  interventions. ``evaluators`` are called at every evaluation with the run-stacked params and
+  `RunView` (its step repeated per run, so every leaf has the run axis) and return extra metrics
+  with a leading run axis (decodability probes, say).
+
+  Reads the loop's fields of ``config`` (see `loop_config`); writes metrics.jsonl, tensorboard/,
+  checkpoints/ and summary.json under ``workdir``. Running it again with the same arguments resumes
+  from the latest complete checkpoint and, on CPU, ends bitwise where an uninterrupted run ends.
+
+  Raises:
+    ConfigError: before compiling, for a field that cannot work (named with its value).
+    UnknownSiteError: before compiling, for a term's site the model lacks.
+    BadInputError: before compiling, for duplicate or reserved term or refresher names.
+    NonFiniteLossError: at the first step whose loss, gradient, update or parameters are not
+      finite, naming the step and the term(s).
+    Preempted: after checkpointing, when SIGTERM arrived.
+  """
+  _sharding.initialize_distributed(config)
+  runs = run_table(config, hparam_grid)
+  num_runs = len(runs)
+  shape = validate_loop_config(config, num_runs=num_runs)
+  model.check_sites(objective.sites, what=f"{model.name}: objective terms")
+  check_names(objective, refreshers)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  init_one = jax.jit(functools.partial(init_state, model=model, objective=objective,
+                                       optimizer=optimizer, refreshers=refreshers))
+
+  def initial_state() -> TrainState:
+    return stack_runs([
+        init_one(jax.random.PRNGKey(run["seed"]),
+                 hparams={name: value for name, value in run.items() if name != "seed"})
+        for run in runs])
+
+  mesh = _sharding.make_mesh(shape)
+  abstract = jax.eval_shape(initial_state)
+  shardings = _sharding.state_shardings(abstract, mesh, param_rules)
+  checkpoints, start_step = _open_checkpoints(config, workdir, hparam_grid, is_main=is_main)
   if start_step:
-    target = jax.tree_util.tree_map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        abstract, shardings)
-    state = checkpoints.restore(start_step, target)
+    state = _restore(checkpoints, start_step, abstract, shardings)
     logging.info("resumed from step %d (%s)", start_step, workdir)
   else:
     state = jax.device_put(initial_state(), shardings)
-  arrays = jax.device_put(dataset.arrays, replicated)
 
-  if use_pmap:
-    per_device = batch_size // num_devices
-
-    def device_chunk(state, arrays, num_steps):
-      offset = jax.lax.axis_index("data") * per_device
-
-      def sample_slice(data_key, step, hparams):
-        full = dataset.sample_for_run(arrays, data_key, step, batch_size, hparams)
-        return jax.tree_util.tree_map(
-            lambda x: jax.lax.dynamic_slice_in_dim(x, offset, per_device), full)
-
-      def one_step(state, _):
-        batch = jax.vmap(sample_slice)(state.data_key, state.step, state.extra["hparams"])
-        return jax.vmap(train_step)(state, batch)
-
-      return jax.lax.scan(one_step, state, length=num_steps)
-
-    pmapped = jax.pmap(device_chunk, axis_name="data", in_axes=(0, None, None),
-                       static_broadcasted_argnums=(2,), devices=jax.devices()[:num_devices])
-    state = _sharding.replicate_for_pmap(state, num_devices)
-    host_arrays = _sharding.fetch(arrays)
-
-    def run_chunk(state, num_steps):
-      state, metrics = pmapped(state, host_arrays, num_steps)
-      return state, _sharding.first_replica(metrics)
-
-    def host_view(state):
-      return jax.device_put(_sharding.first_replica(state), shardings)
-  else:
-    data_sharding = _sharding.batch_sharding(mesh)
-
-    def chunk(state, arrays, num_steps):
-      def one_step(state, _):
-        batch = jax.vmap(
-            lambda key, step, hparams: dataset.sample_for_run(arrays, key, step, batch_size, hparams))(
-                state.data_key, state.step, state.extra["hparams"])
-        batch = jax.lax.with_sharding_constraint(batch, data_sharding)
-        return jax.vmap(train_step)(state, batch)
-
-      return jax.lax.scan(one_step, state, length=num_steps)
-
-    # Not on CPU: there an asynchronous checkpoint may still be reading the buffers a donation frees.
-    donate = () if jax.default_backend() == "cpu" else (0,)
-    compiled_chunk = jax.jit(chunk, static_argnums=(2,), donate_argnums=donate,
-                             out_shardings=(shardings, None))
-
-    def run_chunk(state, num_steps):
-      return compiled_chunk(state, arrays, num_steps)
-
-    def host_view(state):
-      return state
-
-  evaluate = _evaluator(model=model, dataset=dataset, metric_fns=eval_metrics,
-                        interventions=eval_interventions, eval_batch_size=config.eval_batch_size,
-                        device_put=lambda tree: jax.device_put(tree, replicated))
+  runner = compile_chunk(model=model, objective=objective, optimizer=optimizer, dataset=dataset,
+                         batch_size=config.batch_size, mesh=mesh, shardings=shardings,
+                         refreshers=refreshers, optimizer_extra_args=optimizer_extra_args,
+                         parallelism=config.parallelism)
+  state = runner.place(state)
   run_labels = [f"seed_{run['seed']}" if len(run) == 1 else
                 "_".join(f"{name}_{value}" for name, value in run.items()) for run in runs]
   writer = MetricsWriter(workdir, num_runs=num_runs, run_labels=run_labels, resume_step=start_step,
                          tensorboard=config.tensorboard, enabled=is_main)
-  evaluations: dict[int, dict[str, np.ndarray]] = {}
-
-  def run_evaluation(step: int, state: TrainState, *, log: bool = True) -> None:
-    view = host_view(state)
-    evaluations[step] = evaluate(view.params, view.extra)
-    for evaluator in evaluators:
-      evaluations[step].update(_sharding.fetch(dict(evaluator(view.params, view.extra))))
-    if log:
-      writer.write(step, evaluations[step])
+  replicated = _sharding.replicated(mesh)
+  evaluate = _Evaluations(
+      _evaluator(model=model, dataset=dataset, metric_fns=eval_metrics,
+                 interventions=eval_interventions, eval_batch_size=config.eval_batch_size,
+                 device_put=lambda tree: jax.device_put(tree, replicated)),
+      evaluators, writer)
 
   progress = Progress(start_step, config.steps)
   step = start_step
@@ -378,65 +406,49 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   try:
     with _SigtermFlag() as sigterm:
       if step == 0 and config.eval_every:
-        run_evaluation(0, state)
+        evaluate(0, runner.host_view(state))
       while step < config.steps:
         stop = _next_stop(step, config)
-        state, metrics = run_chunk(state, stop - step)
+        state, metrics = runner.run(state, stop - step)
         metrics = _sharding.fetch(metrics)
         bad = _first_bad_step(metrics)
-        rows = range(stop - step) if bad is None else range(bad[0] + 1)
-        for index in rows:
-          logged_step = step + index + 1
-          if _due(logged_step, config.log_every, config.steps) or bad is not None:
-            writer.write(logged_step, {name: values[index] for name, values in metrics.items()})
+        _write_chunk_metrics(writer, metrics, chunk_start=step, num_steps=stop - step, bad=bad,
+                             config=config)
         if bad is not None:
           checkpoints.wait()
-          index, terms = bad
-          bad_step = step + index
-          values = {name.removeprefix("loss/"): metrics[name][index].tolist()
-                    for name in metrics if name.startswith("loss/")}
-          norms = {name: metrics[name][index].tolist() for name in GUARDED_METRICS[1:]}
-          culprit = (f"term(s) {terms} went non-finite" if terms else
-                     f"every term was finite but not the gradient, update or parameters ({norms})")
-          last_good = checkpoints.latest_step()
-          kept = ("no checkpoint had been written yet" if last_good is None else
-                  f"the last good checkpoint (step {last_good}) is untouched in "
-                  f"{workdir}/checkpoints")
-          raise NonFiniteLossError(
-              f"training went non-finite at step {bad_step} "
-              f"(the update logged as step {bad_step + 1}): "
-              f"{culprit}; term values {values}; {kept}")
+          raise non_finite_error(metrics, bad, chunk_start=step,
+                                 last_good=checkpoints.latest_step(), workdir=workdir)
         step = stop
         last_train_metrics = {name: to_json_value(values[-1], num_runs)
                               for name, values in metrics.items() if values.ndim == 2}
         progress.report(step, metrics["loss"][-1])
         if _due(step, config.eval_every, config.steps):
-          run_evaluation(step, state)
+          evaluate(step, runner.host_view(state))
         if _due(step, config.checkpoint_every, config.steps) or sigterm.raised:
-          checkpoints.save(step, host_view(state))
+          checkpoints.save(step, runner.host_view(state))
           last_saved = step
         if sigterm.raised:
           checkpoints.wait()
           raise Preempted(f"SIGTERM at step {step}: checkpoint saved in {workdir}/checkpoints; "
                           "run the same command to resume")
     if last_saved != step:
-      checkpoints.save(step, host_view(state))
+      checkpoints.save(step, runner.host_view(state))
     checkpoints.wait()
-    if step not in evaluations:  # resumed at the last step: its evaluation is already logged
-      run_evaluation(step, state, log=False)
+    if step not in evaluate.by_step:  # resumed at the last step: its evaluation is already logged
+      evaluate(step, runner.host_view(state), log=False)
   finally:
     writer.close()
 
-  final = host_view(state)
+  final = runner.host_view(state)
   if not last_train_metrics:  # resumed after the last step: the final metrics are on disk
     logged = [row for row in read_jsonl(writer.path) if "loss" in row]
     last_train_metrics = {key: value for key, value in (logged[-1] if logged else {}).items()
                           if not key.startswith("eval/") and key != "step"}
-  summary = _summary(step, final, last_train_metrics, evaluations[step], runs)
+  summary = _summary(step, final, last_train_metrics, evaluate.by_step[step], runs)
   if is_main:
     write_json_atomically(os.path.join(workdir, "summary.json"), summary)
   checkpoints.close()
-  return TrainResult(state=final, summary=summary, evaluations=evaluations)
+  return TrainResult(state=final, summary=summary, evaluations=evaluate.by_step)
 
 
 def _summary(step: int, state: TrainState, train_metrics: Mapping[str, Any],

@@ -1,44 +1,73 @@
-"""The train state, and the values the loop knows only by their interfaces."""
+"""The train state, the run view terms and refreshers read, and the refresher protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import flax.struct
 import jax
+import jax.numpy as jnp
+
+from landscape.objectives import Objective
+from landscape.objectives import RunView
+from landscape.sites import BadInputError
 
 
 @flax.struct.dataclass
 class TrainState:
   """Everything a run carries from step to step, as one pytree.
 
-  Under the loop every leaf has a leading run axis (one entry per seed trained in the program).
+  Under the loop every field but ``step`` has a leading run axis (one entry per run trained in the
+  program); ``step`` is one int32 scalar shared by every run, so a refresh or a refit due at a step
+  is a real branch taken by all runs together (see `STATE_AXES`).
 
   Attributes:
-    step: int32, the number of updates applied so far.
+    step: int32 scalar, the number of updates applied so far.
     params: the model's parameters (a nested dict of arrays).
     opt_state: the optimizer chain's state.
-    extra: room for state beyond the model's: ``extra["terms"]`` and ``extra["term_optimizers"]``
-      hold loss terms' own state (an adversary's probe and its optimizer), and each refresher keeps
-      its value under its name (a basis refitted during training).
     rng: a PRNG key (uint32[2]), split at every step.
     data_key: the key the dataset samples batches from, with the step.
+    hparams: name -> this run's hyper-parameter, a float32 scalar.
+    term_states: term name -> a stateful loss term's own state (an adversary's probe).
+    term_opt_states: term name -> the state of that term's own optimizer.
+    refreshed: refresher name -> its value (a basis refitted during training).
   """
 
   step: jax.Array
   params: Any
   opt_state: Any
-  extra: dict[str, Any]
   rng: jax.Array
   data_key: jax.Array
+  hparams: dict[str, jax.Array]
+  term_states: dict[str, Any]
+  term_opt_states: dict[str, Any]
+  refreshed: dict[str, Any]
+
+
+# The vmap axes of a run-stacked state (and of its run view): none for the shared step, 0 elsewhere.
+STATE_AXES = TrainState(step=None, params=0, opt_state=0, rng=0, data_key=0, hparams=0,
+                        term_states=0, term_opt_states=0, refreshed=0)
+RUN_VIEW_AXES = RunView(step=None, hparams=0, refreshed=0, term_states=0)
+
+
+def stack_runs(states: Sequence[TrainState]) -> TrainState:
+  """One state for runs trained together: every field stacked on a leading run axis, but ``step``.
+
+  The runs share the step: that of the first is kept.
+  """
+  stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
+  return stacked.replace(step=states[0].step)
 
 
 class Refresher(Protocol):
-  """State kept in ``extra[name]`` and renewed at every step, outside the gradient.
+  """State kept in ``state.refreshed[name]`` and renewed at every step, outside the gradient.
 
-  A basis refitted every N steps is one (see `landscape.directions.refit_basis`); ``update`` runs at
-  the start of each step, before the loss, with the parameters the step begins from.
+  A basis refitted every N steps is one (see `landscape.directions.refit_basis`). ``update`` runs at
+  the start of each step, inside the vmap over runs, before the loss, with the parameters the step
+  begins from. ``step`` is the unbatched int32 scalar (a `jax.lax.cond` on it is a real branch);
+  ``run.refreshed`` maps refresher name -> value, the refreshers earlier in the list already
+  updated at this step.
   """
 
   name: str
@@ -47,5 +76,42 @@ class Refresher(Protocol):
     ...
 
   def update(self, value: Any, *, params: Any, step: jax.Array, key: jax.Array,
-             extra: Mapping[str, Any]) -> Any:
+             run: RunView) -> Any:
     ...
+
+
+# A term's metrics are "loss/{name}", "weight/{name}" and "{name}/{metric}": a term named like the
+# loop's own metrics (or an evaluation set's prefix) would overwrite them or be read as them.
+RESERVED_TERM_NAMES = frozenset({"loss", "weight", "eval", "transform", "grad_norm", "update_norm",
+                                 "param_norm", "step"})
+# Refresher values live beside the state's own fields; a refresher named like one would read, in
+# code written for the shared dict the state used to have, as that field.
+RESERVED_REFRESHER_NAMES = frozenset(TrainState.__dataclass_fields__) | {"extra", "terms",
+                                                                        "term_optimizers"}
+
+
+def _reserved_term_name(name: str) -> bool:
+  return name in RESERVED_TERM_NAMES or (name.startswith("transform") and
+                                         name.removeprefix("transform").isdigit())
+
+
+def check_names(objective: Objective, refreshers: Sequence[Refresher]) -> None:
+  """BadInputError naming every duplicate or reserved term or refresher name (before compiling)."""
+  problems = []
+  for what, names, reserved in (
+      ("term", [t.name for t in objective.terms], _reserved_term_name),
+      ("refresher", [getattr(r, "name", None) for r in refreshers],
+       lambda name: name in RESERVED_REFRESHER_NAMES)):
+    malformed = [name for name in names if not isinstance(name, str) or not name]
+    if malformed:
+      problems.append(f"{what} names must be non-empty strings, got {malformed}")
+    duplicates = sorted({name for name in names if names.count(name) > 1 and name not in malformed})
+    if duplicates:
+      problems.append(f"duplicate {what} names {duplicates}")
+    taken = sorted({name for name in names if name not in malformed and reserved(name)})
+    if taken:
+      problems.append(f"reserved {what} names {taken}")
+  if problems:
+    raise BadInputError("; ".join(problems) + " (reserved term names: "
+                        f"{sorted(RESERVED_TERM_NAMES)} and transform<N>; reserved refresher "
+                        f"names: {sorted(RESERVED_REFRESHER_NAMES)})")

@@ -15,9 +15,12 @@ import jax.numpy as jnp
 import optax
 
 from landscape.models import Model
+from landscape.objectives import InterventionsFn
 from landscape.objectives import Objective
+from landscape.objectives import RunView
 from landscape.training._state import Refresher
 from landscape.training._state import TrainState
+from landscape.training._state import check_names
 
 MetricFn = Callable[[Any, Mapping[str, Any]], Any]
 ExtraArgsFn = Callable[[TrainState], Mapping[str, Any]]
@@ -30,17 +33,26 @@ def init_state(key: jax.Array, *, model: Model, objective: Objective,
   """The initial state of one run, all of it derived from ``key``.
 
   ``hparams`` (name -> number) are this run's hyper-parameters, kept as float32 scalars in
-  ``extra["hparams"]`` where terms, interventions and extra-args functions read them: runs with
-  different values then train together in one program.
+  ``state.hparams`` (whatever type was given) where terms, interventions, datasets and extra-args
+  functions read them: runs with different values then train together in one program.
   """
   init_key, rng, data_key, terms_key, refresh_key = jax.random.split(key, 5)
   params = model.init(init_key)
-  extra = objective.init(terms_key, params)
-  extra["hparams"] = {name: jnp.asarray(value, jnp.float32) for name, value in (hparams or {}).items()}
-  for index, refresher in enumerate(refreshers):
-    extra[refresher.name] = refresher.init(jax.random.fold_in(refresh_key, index), params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    extra=extra, rng=rng, data_key=data_key)
+  term_states, term_opt_states = objective.init(terms_key, params)
+  refreshed = {refresher.name: refresher.init(jax.random.fold_in(refresh_key, index), params)
+               for index, refresher in enumerate(refreshers)}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng,
+      data_key=data_key,
+      hparams={name: jnp.asarray(value, jnp.float32) for name, value in (hparams or {}).items()},
+      term_states=term_states, term_opt_states=term_opt_states, refreshed=refreshed)
+
+
+def run_view(state: TrainState, refreshed: Mapping[str, Any] | None = None) -> RunView:
+  """What interventions, terms, refreshers and evaluators read of a run (or of stacked runs)."""
+  return RunView(step=state.step, hparams=state.hparams,
+                 refreshed=dict(state.refreshed if refreshed is None else refreshed),
+                 term_states=state.term_states)
 
 
 def transform_metrics(opt_state: Any) -> dict[str, jax.Array]:
@@ -60,59 +72,70 @@ def make_train_step(*, model: Model, objective: Objective,
                     axis_name: str | None = None) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """Builds ``train_step(state, batch) -> (state, metrics)`` for one run.
 
-  Order within a step: refreshers renew their ``extra`` entries from the current parameters; the
-  objective's loss and its gradients in the parameters and the terms' states; (under pmap, the
-  gradients averaged over ``axis_name``); the optimizer chain, given ``optimizer_extra_args(state)``
-  as keyword extra args; the terms' own optimizers.
+  Order within a step: each refresher renews ``state.refreshed[name]`` from the current parameters
+  (seeing the values renewed before it in ``run.refreshed``); the objective's loss and its gradients
+  in the parameters and the term states; (under pmap, the gradients averaged over ``axis_name``);
+  the optimizer chain, given ``optimizer_extra_args(state)`` (the state with the renewed values) as
+  keyword extra args; the terms' own optimizers.
+
+  The loop vmaps it over runs with ``STATE_AXES``: ``state.step`` stays one unbatched scalar.
 
   Metrics: ``loss`` (the weighted total), ``loss/{term}``, ``weight/{term}``, per-term metrics,
   ``grad_norm``, ``update_norm``, ``param_norm`` and whatever the transforms report.
+
+  Raises:
+    BadInputError: for duplicate or reserved term or refresher names (see `check_names`).
   """
+  check_names(objective, refreshers)
 
   def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
     rng, loss_key, refresh_key = jax.random.split(state.rng, 3)
-    extra = dict(state.extra)
+    refreshed = dict(state.refreshed)
     for index, refresher in enumerate(refreshers):
-      extra[refresher.name] = refresher.update(extra[refresher.name], params=state.params,
-                                               step=state.step, key=jax.random.fold_in(refresh_key, index),
-                                               extra=extra)
+      refreshed[refresher.name] = refresher.update(
+          refreshed[refresher.name], params=state.params, step=state.step,
+          key=jax.random.fold_in(refresh_key, index), run=run_view(state, refreshed))
+    run = run_view(state, refreshed)
 
     def loss_fn(params, term_states):
-      return objective.loss(model, params, term_states, batch=batch, extra=extra, step=state.step,
-                            rng=loss_key)
+      return objective.loss(model, params, term_states, batch=batch, run=run, rng=loss_key)
 
     (_, metrics), (grads, state_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        state.params, extra["terms"])
+        state.params, state.term_states)
     if axis_name is not None:
       grads, state_grads, metrics = jax.lax.pmean((grads, state_grads, metrics), axis_name)
-    refreshed = state.replace(extra=extra)
-    extra_args = dict(optimizer_extra_args(refreshed)) if optimizer_extra_args is not None else {}
+    refreshed_state = state.replace(refreshed=refreshed)
+    extra_args = (dict(optimizer_extra_args(refreshed_state)) if optimizer_extra_args is not None
+                  else {})
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra_args)
     params = optax.apply_updates(state.params, updates)
-    extra = objective.update_states(extra, state_grads)
+    term_states, term_opt_states = objective.update_states(state.term_states,
+                                                           state.term_opt_states, state_grads)
     metrics.update(grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
                    param_norm=optax.tree.norm(params))
     metrics.update(transform_metrics(opt_state))
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, extra=extra,
-                           rng=rng, data_key=state.data_key)
+    new_state = refreshed_state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                        rng=rng, term_states=term_states,
+                                        term_opt_states=term_opt_states)
     return new_state, metrics
 
   return train_step
 
 
 def make_eval_step(*, model: Model, metric_fns: Mapping[str, MetricFn],
-                   interventions: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
-                   ) -> Callable[[Any, Mapping[str, Any], Any, jax.Array], dict[str, tuple]]:
-  """Builds ``eval_step(params, extra, batch, valid_B) -> {metric: (weighted sum, weight sum)}``.
+                   interventions: InterventionsFn | None = None
+                   ) -> Callable[[Any, RunView, Any, jax.Array], dict[str, tuple]]:
+  """Builds ``eval_step(params, run, batch, valid_B) -> {metric: (weighted sum, weight sum)}``.
 
   Each metric function maps (outputs, batch) to per-example values (B,) or (values, weights); the
   sums let the loop average exactly over a set split into padded chunks (``valid_B`` is 0 on padding).
-  ``interventions(extra)`` gives the evaluation forward pass's interventions (none by default: a
-  training-only intervention such as preventative steering is off at evaluation).
+  ``interventions(run, batch)`` gives the evaluation forward pass's interventions, with the one
+  signature of training interventions (none by default: a training-only intervention such as
+  preventative steering is off at evaluation).
   """
 
-  def eval_step(params, extra, batch, valid_B):
-    chosen = dict(interventions(extra)) if interventions is not None else {}
+  def eval_step(params, run, batch, valid_B):
+    chosen = dict(interventions(run, batch)) if interventions is not None else {}
     outputs, _ = model.forward(params, batch["inputs"], interventions=chosen)
     sums = {}
     for name, fn in metric_fns.items():
@@ -123,4 +146,3 @@ def make_eval_step(*, model: Model, metric_fns: Mapping[str, MetricFn],
     return sums
 
   return eval_step
-
