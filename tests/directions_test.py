@@ -212,6 +212,12 @@ def _concept_batch(num_examples=900, width=8, num_classes=3, seed=0):
   return {"inputs": inputs, "concept": concept.astype(np.int32)}
 
 
+def _assert_accuracies_agree(actual, expected, num_heldout):
+  # Probes fitted to the same rows in another layout (padded chunks, a run axis) sum in another
+  # order and differ by float32 rounding; a held-out row that close to the boundary may flip: one.
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=1.5 / float(np.min(num_heldout)))
+
+
 class DecodabilityTest(absltest.TestCase):
 
   def test_planted_site_decodes_and_blind_site_sits_at_chance(self):
@@ -236,7 +242,8 @@ class DecodabilityTest(absltest.TestCase):
     chex.assert_shape(result.heldout_accuracy, (3, 2))
     for run in range(3):
       alone = directions.decodability(model, {"scale": scales[run]}, batch, field="concept")
-      np.testing.assert_allclose(result.heldout_accuracy[run], alone.heldout_accuracy, atol=2e-3)
+      _assert_accuracies_agree(result.heldout_accuracy[run], alone.heldout_accuracy,
+                               alone.num_heldout)
     # Scale 0 wipes the concept out of "carries" in run 1 only.
     self.assertGreater(result.heldout_accuracy[0, 0], 0.9)
     self.assertLess(result.heldout_accuracy[1, 0], result.chance[0] + 0.05)
@@ -266,7 +273,8 @@ class DecodabilityTest(absltest.TestCase):
     captured = directions.capture(model, params, batch)
     from_captures = directions.decodability_of_captures(captured, field="concept")
     direct = directions.decodability(model, params, batch, field="concept")
-    np.testing.assert_allclose(from_captures.heldout_accuracy, direct.heldout_accuracy, atol=2e-3)
+    _assert_accuracies_agree(from_captures.heldout_accuracy, direct.heldout_accuracy,
+                             direct.num_heldout)
     np.testing.assert_allclose(from_captures.chance, direct.chance)
 
   def test_token_model_probes_every_position_or_one(self):

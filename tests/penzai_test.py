@@ -21,7 +21,6 @@ from landscape import models
 from landscape import objectives
 from landscape import training
 from landscape.directions import make_basis
-from landscape.models import _penzai
 from landscape.sites import SiteShapeError
 from landscape.sites import Sites
 from landscape.sites import UnknownSiteError
@@ -48,7 +47,7 @@ class PenzaiMLPEquivalenceTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.nnx_model = models.mlp(64, (16, 8), 10)
-    cls.penzai_model = _penzai.penzai_mlp(64, (16, 8), 10)
+    cls.penzai_model = models.penzai_mlp(64, (16, 8), 10)
     cls.params = cls.nnx_model.init(jax.random.PRNGKey(0))
     cls.inputs = jnp.asarray(np.random.default_rng(1).normal(size=(6, 8, 8)), jnp.float32)
 
@@ -119,7 +118,7 @@ class PenzaiTransformerTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.model = _penzai.penzai_transformer(LLAMALIKE)
+    cls.model = models.penzai_transformer(LLAMALIKE)
     cls.params = jax.jit(cls.model.init)(jax.random.PRNGKey(0))
     cls.tokens = jnp.asarray(np.random.default_rng(0).integers(0, 20, (3, 7)), jnp.int32)
 
@@ -135,7 +134,7 @@ class PenzaiTransformerTest(parameterized.TestCase):
 
   def test_site_layers_are_identity_without_sites(self):
     built = llamalike_common.build_llamalike_transformer(LLAMALIKE, init_base_rng=jax.random.PRNGKey(0))
-    instrumented = _penzai.instrument_transformer(built)
+    instrumented = models.instrument_transformer(built)
     named = pz.nx.wrap(self.tokens).tag("batch", "seq")
     plain = built(named).unwrap("batch", "seq", "vocabulary")
     np.testing.assert_array_equal(instrumented(named).unwrap("batch", "seq", "vocabulary"), plain)
@@ -181,7 +180,7 @@ class PenzaiTransformerTest(parameterized.TestCase):
     self.assertEqual(rows.rows_per_example, 7)
 
   def test_gpt_neox_variant_instruments_and_intervenes(self):
-    model = _penzai.penzai_transformer(NEOX)
+    model = models.penzai_transformer(NEOX)
     self.assertEqual(model.site_names, TRANSFORMER_SITES)
     params = model.init(jax.random.PRNGKey(1))
     basis = _basis(2, 16, "blocks.0.resid_post")
@@ -206,17 +205,17 @@ class PenzaiTransformerTest(parameterized.TestCase):
                              {"blocks.0.mlp_hidden": _basis(2, 16, "blocks.0.mlp_hidden")})
 
   def test_site_layer_checks_its_feature_axis_and_names(self):
-    layer = _penzai.site_layer("probe", "channels", leading_axes=("batch",))
+    layer = models.site_layer("probe", "channels", leading_axes=("batch",))
     named = pz.nx.wrap(jnp.zeros((2, 3))).tag("batch", "features")
     with self.assertRaisesRegex(SiteShapeError, r"site 'probe'.*'channels'.*features"):
       layer(named, landscape_sites=Sites())
     doubled = pz.nn.Sequential([layer, layer])
     with self.assertRaisesRegex(ValueError, r"\['probe'\] appear more than once"):
-      _penzai.penzai_site_names(doubled)
+      models.penzai_site_names(doubled)
     with self.assertRaisesRegex(ValueError, r"use_layer_stack"):
       stacked = llamalike_common.build_llamalike_transformer(
           dataclasses.replace(LLAMALIKE, use_layer_stack=True), init_base_rng=None)
-      _penzai.instrument_transformer(stacked)
+      models.instrument_transformer(stacked)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ the batch (labels, concept, ...) and its ``row``, ``example`` and ``position`` i
 Memory stays bounded: with ``max_rows`` a fixed subset of rows is chosen up front (from ``seed``)
 and each batch gathers its share of it on the device, so at most ``max_rows`` rows per site ever
 reach the host. Batches are sharded over a 1-D mesh of the devices on the batch axis (padded to a
-multiple of the device count with rows that are never kept); the result does not depend on the
-number of devices.
+multiple of the device count with rows that are never kept). Which rows are kept, and their fields,
+do not depend on the number of devices or the batch size; the activations do only up to float32
+rounding (another split of the batch may sum a matmul in another order: a few ulps).
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ class RowPlan:
     return math.prod(self.kept_middle)
 
 
-def plan_rows(model: Model, params: Any, example_inputs: Any, sites: Iterable[str] | str,
-              position: int | None, *, what: str) -> RowPlan:
+def _plan_rows(model: Model, params: Any, example_inputs: Any, sites: Iterable[str] | str,
+               position: int | None, *, what: str) -> RowPlan:
   """Checks the sites and their shapes before anything is compiled, and returns the row plan.
 
   Raises:
@@ -147,9 +148,10 @@ def field_rows(value: jax.Array, plan: RowPlan) -> jax.Array:
                     total_repeat_length=batch * plan.rows_per_example)
 
 
-def capture_rows(model: Model, params: Any, batch: Batch, plan: RowPlan, field_names: Sequence[str],
-                 local_rows_K: jax.Array, interventions: Mapping[str, Any] | None = None
-                 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+def _capture_rows(model: Model, params: Any, batch: Batch, plan: RowPlan,
+                  field_names: Sequence[str], local_rows_K: jax.Array,
+                  interventions: Mapping[str, Any] | None = None
+                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """One batch's kept rows: (site -> (K, D) float32, field -> (K, ...)); traceable."""
   _, acts = model.forward(params, batch["inputs"], interventions=interventions, capture=plan.sites)
   rows = {site: jnp.take(site_rows(acts[site], plan), local_rows_K, axis=0).astype(jnp.float32)
@@ -159,7 +161,7 @@ def capture_rows(model: Model, params: Any, batch: Batch, plan: RowPlan, field_n
   return rows, fields
 
 
-def kept_rows(total_rows: int, max_rows: int | None, seed: int) -> np.ndarray:
+def _kept_rows(total_rows: int, max_rows: int | None, seed: int) -> np.ndarray:
   """The sorted indices of the rows to keep: all, or ``max_rows`` drawn without replacement."""
   if max_rows is None or max_rows >= total_rows:
     return np.arange(total_rows)
@@ -168,8 +170,8 @@ def kept_rows(total_rows: int, max_rows: int | None, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng(seed).choice(total_rows, size=max_rows, replace=False))
 
 
-def chunk_rows(kept: np.ndarray, rows_per_chunk: int, num_chunks: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _chunk_rows(kept: np.ndarray, rows_per_chunk: int, num_chunks: int
+                ) -> tuple[np.ndarray, np.ndarray]:
   """(local indices (num_chunks, K), counts (num_chunks,)): each chunk's kept rows, padded with 0.
 
   K is the largest count, so every chunk gathers the same number of rows (one compilation).
@@ -184,7 +186,7 @@ def chunk_rows(kept: np.ndarray, rows_per_chunk: int, num_chunks: int
   return local, counts
 
 
-def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+def _batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh named ``batch`` over ``devices`` (default: all)."""
   devices = list(jax.devices() if devices is None else devices)
   return Mesh(np.array(devices), ("batch",))
@@ -271,19 +273,21 @@ def capture(model: Model, params: Any, batch: Batch, *, sites: Iterable[str] | s
   if len(set(lengths.values())) != 1:
     raise BadInputError(f"{what}: fields have different lengths {lengths}")
   field_names = _field_names(fields, batch, what=what)
-  plan = plan_rows(model, params, batch["inputs"][:min(2, num_examples)], sites, position, what=what)
-  mesh = batch_mesh(devices)
+  plan = _plan_rows(model, params, batch["inputs"][:min(2, num_examples)], sites, position,
+                    what=what)
+  mesh = _batch_mesh(devices)
   num_devices = mesh.devices.size
   chunk = -(-min(batch_size, num_examples) // num_devices) * num_devices
   num_chunks = -(-num_examples // chunk)
-  kept = kept_rows(num_examples * plan.rows_per_example, max_rows, seed)
-  local, counts = chunk_rows(kept, chunk * plan.rows_per_example, num_chunks)
+  kept = _kept_rows(num_examples * plan.rows_per_example, max_rows, seed)
+  local, counts = _chunk_rows(kept, chunk * plan.rows_per_example, num_chunks)
   padded = {name: _pad_to(batch[name], num_chunks * chunk) for name in ("inputs",) + field_names}
 
   row_sharding = NamedSharding(mesh, PartitionSpec("batch"))
   replicated = NamedSharding(mesh, PartitionSpec())
   params = jax.device_put(params, replicated)
-  gather = jax.jit(lambda p, b, rows: capture_rows(model, p, b, plan, field_names, rows, interventions))
+  gather = jax.jit(lambda p, b, rows: _capture_rows(model, p, b, plan, field_names, rows,
+                                                    interventions))
 
   def run_chunk(index):
     part = {name: value[index * chunk:(index + 1) * chunk] for name, value in padded.items()}
@@ -312,12 +316,12 @@ def capture_dataset(model: Model, params: Any, dataset: Dataset, *, num_batches:
   abstract = jax.eval_shape(lambda a, k: dataset.sample(a, k, jnp.asarray(start_step), batch_size),
                             dataset.arrays, data_key)
   field_names = _field_names(fields, abstract, what=what)
-  plan = plan_rows(model, params, abstract["inputs"], sites, position, what=what)
-  mesh = batch_mesh(devices)
+  plan = _plan_rows(model, params, abstract["inputs"], sites, position, what=what)
+  mesh = _batch_mesh(devices)
   num_devices = mesh.devices.size
   padded_size = -(-batch_size // num_devices) * num_devices
-  kept = kept_rows(num_batches * batch_size * plan.rows_per_example, max_rows, seed)
-  local, counts = chunk_rows(kept, batch_size * plan.rows_per_example, num_batches)
+  kept = _kept_rows(num_batches * batch_size * plan.rows_per_example, max_rows, seed)
+  local, counts = _chunk_rows(kept, batch_size * plan.rows_per_example, num_batches)
 
   row_sharding = NamedSharding(mesh, PartitionSpec("batch"))
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -327,7 +331,7 @@ def capture_dataset(model: Model, params: Any, dataset: Dataset, *, num_batches:
     drawn = {name: _pad_traced(jnp.asarray(drawn[name]), padded_size)
              for name in ("inputs",) + field_names}
     drawn = jax.lax.with_sharding_constraint(drawn, row_sharding)
-    return capture_rows(model, p, drawn, plan, field_names, rows, interventions)
+    return _capture_rows(model, p, drawn, plan, field_names, rows, interventions)
 
   gather = jax.jit(sample_and_gather)
   params = jax.device_put(params, replicated)

@@ -27,18 +27,18 @@ import numpy as np
 
 from landscape.directions._capture import Captures
 from landscape.directions._capture import RowPlan
-from landscape.directions._capture import chunk_rows
+from landscape.directions._capture import _chunk_rows
 from landscape.directions._capture import field_rows
-from landscape.directions._capture import kept_rows
-from landscape.directions._capture import plan_rows
+from landscape.directions._capture import _kept_rows
+from landscape.directions._capture import _plan_rows
 from landscape.directions._capture import site_rows
 from landscape.directions._probes import fit_logistic
-from landscape.directions._probes import majority_rate
-from landscape.directions._probes import split_masks
-from landscape.directions._probes import weighted_accuracy
-from landscape.directions._statistics import HIGHEST
-from landscape.directions._statistics import check_rows
-from landscape.directions._statistics import class_labels
+from landscape.directions._probes import _majority_rate
+from landscape.directions._probes import _split_masks
+from landscape.directions._probes import _weighted_accuracy
+from landscape.directions._statistics import _HIGHEST
+from landscape.directions._statistics import _check_rows
+from landscape.directions._statistics import _class_labels
 from landscape.models import Model
 from landscape.sites import ALL_SITES
 from landscape.sites import BadInputError
@@ -136,26 +136,26 @@ class _DecodabilityFn:
     chunks = np.concatenate([inputs, np.repeat(inputs[:1], padding, axis=0)], axis=0)
     chunks = chunks.reshape((num_chunks, chunk) + inputs.shape[1:])
     field = self._batch[self._field]
-    _, num_classes = class_labels(np.asarray(field).reshape(-1), options["num_classes"],
-                                  site=self._sites[0], what=self._what)
+    _, num_classes = _class_labels(np.asarray(field).reshape(-1), options["num_classes"],
+                                   site=self._sites[0], what=self._what)
     layouts = []
     for group in groups.values():
-      plan = plan_rows(self._model, params_like, inputs[:min(2, num_examples)], group,
-                       options["position"], what=self._what)
+      plan = _plan_rows(self._model, params_like, inputs[:min(2, num_examples)], group,
+                        options["position"], what=self._what)
       row_labels = np.asarray(field_rows(field, plan))
       if row_labels.ndim != 1:
         raise BadInputError(f"{self._what}: field {self._field!r} of shape {field.shape} does not give "
                             f"one label per row at sites {group} (rows of labels: {row_labels.shape})")
-      kept = kept_rows(num_examples * plan.rows_per_example, options["max_rows"], options["seed"])
-      train, heldout = split_masks(len(kept), options["heldout_fraction"], options["seed"],
-                                   groups_N=kept // plan.rows_per_example)
-      local, counts = chunk_rows(kept, chunk * plan.rows_per_example, num_chunks)
+      kept = _kept_rows(num_examples * plan.rows_per_example, options["max_rows"], options["seed"])
+      train, heldout = _split_masks(len(kept), options["heldout_fraction"], options["seed"],
+                                    groups_N=kept // plan.rows_per_example)
+      local, counts = _chunk_rows(kept, chunk * plan.rows_per_example, num_chunks)
       slot = np.concatenate([np.arange(count) for count in counts])
       chunk_of = np.repeat(np.arange(num_chunks), counts)
       laid_out = lambda values: _scatter(values, chunk_of, slot, local.shape)
       layouts.append(_Layout(plan=plan, local_rows=local, labels=laid_out(row_labels[kept]),
                              train=laid_out(train), heldout=laid_out(heldout),
-                             chance=majority_rate(row_labels[kept], train, heldout)))
+                             chance=_majority_rate(row_labels[kept], train, heldout)))
     return jnp.asarray(chunks), layouts, num_classes
 
   def _build(self, layouts: Sequence[_Layout], num_classes: int):
@@ -180,8 +180,9 @@ class _DecodabilityFn:
         layout_labels = flat(labels[index])
         layout_train, layout_heldout = flat(train[index]), flat(heldout[index])
         for site in layout.plan.sites:
-          accuracies = probe_accuracies(flat(gathered[index][site]), layout_labels, layout_train,
-                                        layout_heldout, num_classes=num_classes, l2=l2, steps=steps)
+          accuracies = _probe_accuracies(flat(gathered[index][site]), layout_labels, layout_train,
+                                         layout_heldout, num_classes=num_classes, l2=l2,
+                                         steps=steps)
           train_accuracy.append(accuracies[0])
           heldout_accuracy.append(accuracies[1])
       return jnp.stack(train_accuracy), jnp.stack(heldout_accuracy)
@@ -281,36 +282,37 @@ def decodability_of_captures(captures: Captures, *, field: str = "concept",
                              num_classes: int | None = None, l2: float = 1e-2,
                              steps: int = 300) -> Decodability:
   """Decodability from rows already captured: a `logistic_probe` per site, split by example."""
-  labels, num_classes = class_labels(captures.fields[field], num_classes, site=captures.sites[0],
-                                     what="decodability_of_captures")
-  train, heldout = split_masks(len(labels), heldout_fraction, seed, captures.fields["example"])
+  labels, num_classes = _class_labels(captures.fields[field], num_classes, site=captures.sites[0],
+                                      what="decodability_of_captures")
+  train, heldout = _split_masks(len(labels), heldout_fraction, seed, captures.fields["example"])
   train_accuracy, heldout_accuracy = [], []
   for site in captures.sites:
-    check_rows(captures.acts[site], site=site, what="decodability_of_captures",
-               num_rows=len(labels))
-    accuracies = _probe_accuracies(jnp.asarray(captures.acts[site]), jnp.asarray(labels),
-                                   jnp.asarray(train), jnp.asarray(heldout),
-                                   num_classes=num_classes, l2=float(l2), steps=int(steps))
+    _check_rows(captures.acts[site], site=site, what="decodability_of_captures",
+                num_rows=len(labels))
+    accuracies = _jitted_probe_accuracies(jnp.asarray(captures.acts[site]), jnp.asarray(labels),
+                                          jnp.asarray(train), jnp.asarray(heldout),
+                                          num_classes=num_classes, l2=float(l2), steps=int(steps))
     train_accuracy.append(float(accuracies[0]))
     heldout_accuracy.append(float(accuracies[1]))
   num_sites = len(captures.sites)
   return Decodability(sites=captures.sites, heldout_accuracy=np.asarray(heldout_accuracy),
                       train_accuracy=np.asarray(train_accuracy),
-                      chance=np.full(num_sites, majority_rate(labels, train, heldout)),
+                      chance=np.full(num_sites, _majority_rate(labels, train, heldout)),
                       field=field, num_classes=num_classes,
                       num_train=np.full(num_sites, int(train.sum())),
                       num_heldout=np.full(num_sites, int(heldout.sum())))
 
 
-def probe_accuracies(acts_NxD: jax.Array, labels_N: jax.Array, train_N: jax.Array,
-                     heldout_N: jax.Array, *, num_classes: int, l2: float, steps: int
-                     ) -> tuple[jax.Array, jax.Array]:
+def _probe_accuracies(acts_NxD: jax.Array, labels_N: jax.Array, train_N: jax.Array,
+                      heldout_N: jax.Array, *, num_classes: int, l2: float, steps: int
+                      ) -> tuple[jax.Array, jax.Array]:
   """(train accuracy, held-out accuracy) of a logistic probe fitted on the train rows; traceable."""
   acts = acts_NxD.astype(jnp.float32)
   weights, bias = fit_logistic(acts, labels_N, train_N, num_classes=num_classes, l2=l2, steps=steps)
-  predictions = jnp.argmax(jnp.matmul(acts, weights, precision=HIGHEST) + bias[None, :], axis=1)
-  return (weighted_accuracy(predictions, labels_N, train_N),
-          weighted_accuracy(predictions, labels_N, heldout_N))
+  predictions = jnp.argmax(jnp.matmul(acts, weights, precision=_HIGHEST) + bias[None, :], axis=1)
+  return (_weighted_accuracy(predictions, labels_N, train_N),
+          _weighted_accuracy(predictions, labels_N, heldout_N))
 
 
-_probe_accuracies = jax.jit(probe_accuracies, static_argnames=("num_classes", "l2", "steps"))
+_jitted_probe_accuracies = jax.jit(_probe_accuracies,
+                                   static_argnames=("num_classes", "l2", "steps"))

@@ -27,10 +27,10 @@ import numpy as np
 
 from landscape.sites import Basis
 from landscape.sites import make_basis
-from landscape.directions._statistics import HIGHEST
-from landscape.directions._statistics import check_rows
+from landscape.directions._statistics import _HIGHEST
+from landscape.directions._statistics import _check_rows
 from landscape.directions._statistics import class_directions
-from landscape.directions._statistics import class_labels
+from landscape.directions._statistics import _class_labels
 from landscape.sites import BadInputError
 
 _POWER_ITERATIONS = 32
@@ -48,9 +48,9 @@ def _standardise(acts_NxD: jax.Array, share_N: jax.Array) -> tuple[jax.Array, ja
   A feature that is constant on the weighted rows keeps scale 1 (it is all zeros once centred).
   """
   acts = acts_NxD.astype(jnp.float32)
-  mean_D = jnp.einsum("n,nd->d", share_N, acts, precision=HIGHEST)
+  mean_D = jnp.einsum("n,nd->d", share_N, acts, precision=_HIGHEST)
   centred = acts - mean_D[None, :]
-  variance_D = jnp.einsum("n,nd->d", share_N, jnp.square(centred), precision=HIGHEST)
+  variance_D = jnp.einsum("n,nd->d", share_N, jnp.square(centred), precision=_HIGHEST)
   constant = variance_D <= 1e-12 * jnp.maximum(jnp.max(variance_D), 1e-30)
   scale_D = jnp.where(constant, 1.0, jnp.sqrt(jnp.where(constant, 1.0, variance_D)))
   return centred / scale_D[None, :], mean_D, scale_D
@@ -61,11 +61,11 @@ def _largest_eigenvalue(gram_MxM: jax.Array) -> jax.Array:
   start = jax.random.normal(jax.random.PRNGKey(0), gram_MxM.shape[:1], jnp.float32)
 
   def step(_, vector):
-    product = jnp.matmul(gram_MxM, vector, precision=HIGHEST)
+    product = jnp.matmul(gram_MxM, vector, precision=_HIGHEST)
     return product / jnp.maximum(jnp.linalg.norm(product), 1e-30)
 
   vector = jax.lax.fori_loop(0, _POWER_ITERATIONS, step, start / jnp.linalg.norm(start))
-  return jnp.dot(vector, jnp.matmul(gram_MxM, vector, precision=HIGHEST), precision=HIGHEST)
+  return jnp.dot(vector, jnp.matmul(gram_MxM, vector, precision=_HIGHEST), precision=_HIGHEST)
 
 
 def fit_logistic(acts_NxD: jax.Array, labels_N: jax.Array, weights_N: jax.Array, *,
@@ -81,16 +81,16 @@ def fit_logistic(acts_NxD: jax.Array, labels_N: jax.Array, weights_N: jax.Array,
   standardised_NxD, mean_D, scale_D = _standardise(acts_NxD, share_N)
   num_rows, width = standardised_NxD.shape
   augmented_NxM = jnp.concatenate([standardised_NxD, jnp.ones((num_rows, 1), jnp.float32)], axis=1)
-  gram_MxM = jnp.einsum("n,nm,nk->mk", share_N, augmented_NxM, augmented_NxM, precision=HIGHEST)
+  gram_MxM = jnp.einsum("n,nm,nk->mk", share_N, augmented_NxM, augmented_NxM, precision=_HIGHEST)
   # The softmax cross-entropy's Hessian in the logits is at most 1/2 in every direction.
   curvature = _CURVATURE_MARGIN * 0.5 * _largest_eigenvalue(gram_MxM) + l2
   targets_NxC = jax.nn.one_hot(labels_N, num_classes, dtype=jnp.float32)
   penalty_mask_M = jnp.concatenate([jnp.ones((width,), jnp.float32), jnp.zeros((1,), jnp.float32)])
 
   def gradient(params_MxC):
-    logits = jnp.matmul(augmented_NxM, params_MxC, precision=HIGHEST)
+    logits = jnp.matmul(augmented_NxM, params_MxC, precision=_HIGHEST)
     residual = (jax.nn.softmax(logits, axis=-1) - targets_NxC) * share_N[:, None]
-    return (jnp.einsum("nm,nc->mc", augmented_NxM, residual, precision=HIGHEST)
+    return (jnp.einsum("nm,nc->mc", augmented_NxM, residual, precision=_HIGHEST)
             + l2 * penalty_mask_M[:, None] * params_MxC)
 
   def step(_, carry):
@@ -107,7 +107,7 @@ def fit_logistic(acts_NxD: jax.Array, labels_N: jax.Array, weights_N: jax.Array,
   zeros = jnp.zeros((width + 1, num_classes), jnp.float32)
   params_MxC, _, _ = jax.lax.fori_loop(0, steps, step, (zeros, zeros, jnp.ones((), jnp.float32)))
   weights_DxC = params_MxC[:width] / scale_D[:, None]
-  bias_C = params_MxC[width] - jnp.matmul(mean_D, weights_DxC, precision=HIGHEST)
+  bias_C = params_MxC[width] - jnp.matmul(mean_D, weights_DxC, precision=_HIGHEST)
   return weights_DxC, bias_C
 
 
@@ -123,17 +123,17 @@ def fit_ridge(acts_NxD: jax.Array, targets_NxK: jax.Array, weights_N: jax.Array,
   share_N = _normalised(weights_N)
   acts = acts_NxD.astype(jnp.float32)
   targets = targets_NxK.astype(jnp.float32)
-  mean_D = jnp.einsum("n,nd->d", share_N, acts, precision=HIGHEST)
-  target_mean_K = jnp.einsum("n,nk->k", share_N, targets, precision=HIGHEST)
+  mean_D = jnp.einsum("n,nd->d", share_N, acts, precision=_HIGHEST)
+  target_mean_K = jnp.einsum("n,nk->k", share_N, targets, precision=_HIGHEST)
   centred = acts - mean_D[None, :]
-  gram_DxD = jnp.einsum("n,nd,ne->de", share_N, centred, centred, precision=HIGHEST)
+  gram_DxD = jnp.einsum("n,nd,ne->de", share_N, centred, centred, precision=_HIGHEST)
   moments_DxK = jnp.einsum("n,nd,nk->dk", share_N, centred, targets - target_mean_K[None, :],
-                           precision=HIGHEST)
+                           precision=_HIGHEST)
   width = gram_DxD.shape[0]
   ridge = l2 * jnp.trace(gram_DxD) / width + 1e-12
   factor = jax.scipy.linalg.cho_factor(gram_DxD + ridge * jnp.eye(width, dtype=jnp.float32))
   weights_DxK = jax.scipy.linalg.cho_solve(factor, moments_DxK)
-  bias_K = target_mean_K - jnp.matmul(mean_D, weights_DxK, precision=HIGHEST)
+  bias_K = target_mean_K - jnp.matmul(mean_D, weights_DxK, precision=_HIGHEST)
   return weights_DxK, bias_K
 
 
@@ -143,12 +143,13 @@ def class_weight_rows(weights_DxC: jax.Array) -> jax.Array:
   return centred_DxC[:, 1:].T
 
 
-def weighted_accuracy(predictions_N: jax.Array, labels_N: jax.Array, weights_N: jax.Array) -> jax.Array:
+def _weighted_accuracy(predictions_N: jax.Array, labels_N: jax.Array, weights_N: jax.Array
+                       ) -> jax.Array:
   correct = (predictions_N == labels_N).astype(jnp.float32)
   return jnp.sum(correct * weights_N) / jnp.maximum(jnp.sum(weights_N), 1e-12)
 
 
-def majority_rate(labels_N: np.ndarray, train_N: np.ndarray, heldout_N: np.ndarray) -> float:
+def _majority_rate(labels_N: np.ndarray, train_N: np.ndarray, heldout_N: np.ndarray) -> float:
   """Chance: the held-out accuracy of always predicting the training rows' most frequent class."""
   train_labels = labels_N[train_N > 0]
   majority = np.bincount(train_labels).argmax() if train_labels.size else 0
@@ -156,8 +157,8 @@ def majority_rate(labels_N: np.ndarray, train_N: np.ndarray, heldout_N: np.ndarr
   return float(np.mean(heldout_labels == majority)) if heldout_labels.size else float("nan")
 
 
-def split_masks(num_rows: int, heldout_fraction: float, seed: int,
-                groups_N: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _split_masks(num_rows: int, heldout_fraction: float, seed: int,
+                 groups_N: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(train, held-out) float32 masks over rows; rows of one group (an example) stay together.
 
   The held-out groups are the first ``round(heldout_fraction * num_groups)`` of a permutation drawn
@@ -204,7 +205,7 @@ class ProbeResult:
 
 @jax.jit
 def _scores(acts_NxD, weights_DxC, bias_C):
-  return jnp.matmul(acts_NxD.astype(jnp.float32), weights_DxC, precision=HIGHEST) + bias_C[None, :]
+  return jnp.matmul(acts_NxD.astype(jnp.float32), weights_DxC, precision=_HIGHEST) + bias_C[None, :]
 
 
 _fit_logistic = jax.jit(fit_logistic, static_argnames=("num_classes", "l2", "steps"))
@@ -212,7 +213,7 @@ _fit_ridge = jax.jit(fit_ridge, static_argnames=("l2",))
 
 
 def _prepare(acts_NxD, *, site, what, num_rows, heldout_fraction, seed, groups, heldout):
-  check_rows(acts_NxD, site=site, what=what, num_rows=num_rows)
+  _check_rows(acts_NxD, site=site, what=what, num_rows=num_rows)
   if heldout is not None:
     heldout = np.asarray(heldout, bool).reshape(-1)
     if heldout.shape != (num_rows,):
@@ -220,7 +221,7 @@ def _prepare(acts_NxD, *, site, what, num_rows, heldout_fraction, seed, groups, 
                           f"{num_rows} rows")
     train_mask, heldout_mask = (~heldout).astype(np.float32), heldout.astype(np.float32)
   else:
-    train_mask, heldout_mask = split_masks(num_rows, heldout_fraction, seed, groups)
+    train_mask, heldout_mask = _split_masks(num_rows, heldout_fraction, seed, groups)
   if not train_mask.any():
     raise BadInputError(f"{what} at site {site!r}: no training rows among {num_rows}")
   return jnp.asarray(acts_NxD, jnp.float32), train_mask, heldout_mask
@@ -261,7 +262,7 @@ def logistic_probe(acts_NxD: np.ndarray | jax.Array, labels_N: np.ndarray | jax.
     ValueError: bad shapes, non-finite activations, bad labels or no training rows.
     BasisError: the probe's class directions are rank-deficient.
   """
-  labels, num_classes = class_labels(labels_N, num_classes, site=site, what="logistic_probe")
+  labels, num_classes = _class_labels(labels_N, num_classes, site=site, what="logistic_probe")
   acts, train_mask, heldout_mask = _prepare(
       acts_NxD, site=site, what="logistic_probe", num_rows=labels.shape[0],
       heldout_fraction=heldout_fraction, seed=seed, groups=groups, heldout=heldout)
@@ -273,7 +274,7 @@ def logistic_probe(acts_NxD: np.ndarray | jax.Array, labels_N: np.ndarray | jax.
   return ProbeResult(basis=basis, weights=np.asarray(weights_DxC), bias=np.asarray(bias_C),
                      train_accuracy=_accuracy(predictions, labels, train_mask),
                      heldout_accuracy=_accuracy(predictions, labels, heldout_mask),
-                     chance=majority_rate(labels, train_mask, heldout_mask),
+                     chance=_majority_rate(labels, train_mask, heldout_mask),
                      train_r2=float("nan"), heldout_r2=float("nan"),
                      num_train=int(train_mask.sum()), num_heldout=int(heldout_mask.sum()))
 
@@ -294,7 +295,7 @@ def ridge_probe(acts_NxD: np.ndarray | jax.Array, targets: np.ndarray | jax.Arra
   targets = np.asarray(targets)
   classes = np.issubdtype(targets.dtype, np.integer) if classes is None else classes
   if classes:
-    labels, num_classes = class_labels(targets, num_classes, site=site, what="ridge_probe")
+    labels, num_classes = _class_labels(targets, num_classes, site=site, what="ridge_probe")
     targets_NxK = np.eye(num_classes, dtype=np.float32)[labels]
     names = class_directions(label_names, num_classes, field)
   else:
@@ -316,7 +317,7 @@ def ridge_probe(acts_NxD: np.ndarray | jax.Array, targets: np.ndarray | jax.Arra
     predictions = np.argmax(predictions_NxK, axis=1)
     accuracies = (_accuracy(predictions, labels, train_mask),
                   _accuracy(predictions, labels, heldout_mask),
-                  majority_rate(labels, train_mask, heldout_mask))
+                  _majority_rate(labels, train_mask, heldout_mask))
   else:
     accuracies = (float("nan"),) * 3
   return ProbeResult(basis=basis, weights=np.asarray(weights_DxK), bias=np.asarray(bias_K),

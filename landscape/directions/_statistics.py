@@ -22,11 +22,11 @@ from landscape.sites import Basis
 from landscape.sites import make_basis
 from landscape.sites import BadInputError
 
-HIGHEST = jax.lax.Precision.HIGHEST
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def class_labels(labels: np.ndarray | jax.Array, num_classes: int | None, *, site: str,
-                 what: str) -> tuple[np.ndarray, int]:
+def _class_labels(labels: np.ndarray | jax.Array, num_classes: int | None, *, site: str,
+                  what: str) -> tuple[np.ndarray, int]:
   """Host-side check of integer class labels (N,); returns them as int32 and the number of classes."""
   labels = np.asarray(labels)
   if labels.ndim != 1:
@@ -47,8 +47,8 @@ def class_labels(labels: np.ndarray | jax.Array, num_classes: int | None, *, sit
   return labels, num_classes
 
 
-def check_rows(acts_NxD: np.ndarray | jax.Array, *, site: str, what: str,
-               num_rows: int | None = None) -> None:
+def _check_rows(acts_NxD: np.ndarray | jax.Array, *, site: str, what: str,
+                num_rows: int | None = None) -> None:
   """Host-side: (N, D) with N matching the labels, and finite values, or a message naming the site."""
   shape = tuple(np.shape(acts_NxD))
   if len(shape) != 2:
@@ -80,11 +80,11 @@ def weighted_class_means(acts_NxD: jax.Array, labels_N: jax.Array, weights_N: ja
   weights = weights_N.astype(jnp.float32)
   onehot_NxC = jax.nn.one_hot(labels_N, num_classes, dtype=jnp.float32) * weights[:, None]
   counts_C = jnp.sum(onehot_NxC, axis=0)
-  grand_D = jnp.einsum("n,nd->d", weights, acts, precision=HIGHEST) / jnp.maximum(jnp.sum(weights),
-                                                                                  1e-12)
+  grand_D = (jnp.einsum("n,nd->d", weights, acts, precision=_HIGHEST)
+             / jnp.maximum(jnp.sum(weights), 1e-12))
   # Means of the centred rows, shifted back: the sums stay small, so float32 keeps its digits.
   centred = acts - grand_D[None, :]
-  sums_CxD = jnp.einsum("nc,nd->cd", onehot_NxC, centred, precision=HIGHEST)
+  sums_CxD = jnp.einsum("nc,nd->cd", onehot_NxC, centred, precision=_HIGHEST)
   means_CxD = sums_CxD / jnp.maximum(counts_C, 1e-12)[:, None] + grand_D[None, :]
   return means_CxD, counts_C, grand_D
 
@@ -117,8 +117,8 @@ def diff_of_means(acts_NxD: np.ndarray | jax.Array, labels_N: np.ndarray | jax.A
     ValueError: bad shapes, non-finite activations, fewer than two classes, or a class with no row.
     BasisError: the class offsets are rank-deficient (e.g. two classes with equal means).
   """
-  labels, num_classes = class_labels(labels_N, num_classes, site=site, what="diff_of_means")
-  check_rows(acts_NxD, site=site, what="diff_of_means", num_rows=labels.shape[0])
+  labels, num_classes = _class_labels(labels_N, num_classes, site=site, what="diff_of_means")
+  _check_rows(acts_NxD, site=site, what="diff_of_means", num_rows=labels.shape[0])
   missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
   if missing:
     raise BadInputError(f"diff_of_means at site {site!r}: class(es) {missing} have no rows among "
@@ -158,7 +158,8 @@ def principal_components(acts_NxD: jax.Array, num_components: int
   num_rows = acts.shape[0]
   mean_D = jnp.mean(acts, axis=0)
   centred = acts - mean_D[None, :]
-  covariance_DxD = jnp.einsum("nd,ne->de", centred, centred, precision=HIGHEST) / max(num_rows - 1, 1)
+  covariance_DxD = (jnp.einsum("nd,ne->de", centred, centred, precision=_HIGHEST)
+                    / max(num_rows - 1, 1))
   eigenvalues, eigenvectors_DxD = jnp.linalg.eigh(covariance_DxD)
   order = jnp.argsort(-eigenvalues)[:num_components]
   components_KxD = eigenvectors_DxD[:, order].T
@@ -179,7 +180,7 @@ def pca(acts_NxD: np.ndarray | jax.Array, num_components: int, *, site: str,
     ValueError: bad shapes, non-finite activations, or more components than dimensions or rows.
     BasisError: a component with (numerically) zero variance, when the rows span fewer dimensions.
   """
-  check_rows(acts_NxD, site=site, what="pca")
+  _check_rows(acts_NxD, site=site, what="pca")
   num_rows, width = np.shape(acts_NxD)
   if not 1 <= num_components <= min(width, num_rows):
     raise BadInputError(f"pca at site {site!r}: num_components={num_components} must be in "

@@ -10,7 +10,7 @@ from flax import nnx
 
 from landscape.models._adapter import Model
 from landscape.models._adapter import from_nnx
-from landscape.models._mlp import dense_site_links
+from landscape.models._mlp import _dense_site_links
 from landscape.sites import ParamLink
 from landscape.sites import Sites
 from landscape.sites import BadInputError
@@ -80,7 +80,7 @@ class CNN(nnx.Module):
       if i + 1 < len(conv_names):
         links[name] += (ParamLink(("convs", str(i + 1), "kernel"), axis=2, role="reads"),)
     layer_paths = [("hidden", str(j)) for j in range(len(self.hidden))] + [("output",)]
-    links.update(dense_site_links(layer_paths, self.hidden_site_names()))
+    links.update(_dense_site_links(layer_paths, self.hidden_site_names()))
     return links
 
   def __call__(self, inputs: jax.Array, sites: Sites) -> jax.Array:

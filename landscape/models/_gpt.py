@@ -26,7 +26,7 @@ from landscape.sites import ParamLink
 from landscape.sites import Sites
 from landscape.sites import BadInputError
 
-BLOCK_SITE_KINDS = ("resid_pre", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
+_BLOCK_SITE_KINDS = ("resid_pre", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
 _POSITIONS = ("learned", "rotary")
 _ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", None)
 _ROTARY_BASE = 10_000.0
@@ -102,14 +102,14 @@ class GPTConfig:
                   **overrides})
 
 
-def rotary_angles(length: int, head_width: int) -> tuple[jax.Array, jax.Array]:
+def _rotary_angles(length: int, head_width: int) -> tuple[jax.Array, jax.Array]:
   """(cos, sin) of the rotary angles, each (T, head_width // 2) float32."""
   frequencies = _ROTARY_BASE ** (-jnp.arange(0, head_width, 2, dtype=jnp.float32) / head_width)
   angles_TxF = jnp.arange(length, dtype=jnp.float32)[:, None] * frequencies[None, :]
   return jnp.cos(angles_TxF), jnp.sin(angles_TxF)
 
 
-def apply_rotary(x_BxTxNxH: jax.Array, cos_TxF: jax.Array, sin_TxF: jax.Array) -> jax.Array:
+def _apply_rotary(x_BxTxNxH: jax.Array, cos_TxF: jax.Array, sin_TxF: jax.Array) -> jax.Array:
   """Rotates the two halves of every head's features by the position's angles (NeoX layout)."""
   first, second = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
   cos, sin = cos_TxF[None, :, None, :], sin_TxF[None, :, None, :]
@@ -133,7 +133,7 @@ def _residual_std(config: GPTConfig) -> float:
   return 0.02 / math.sqrt(2 * config.num_layers)
 
 
-class CausalSelfAttention(nnx.Module):
+class _CausalSelfAttention(nnx.Module):
   """Multi-head causal self-attention with a fused query/key/value projection.
 
   ``qkv.kernel`` is (D, 3D): its output columns are queries, keys then values, each (heads, head
@@ -154,13 +154,13 @@ class CausalSelfAttention(nnx.Module):
         batch, length, 3, self.num_heads, width // self.num_heads)
     query, key, value = (qkv_BxTx3xNxH[:, :, i] for i in range(3))
     if rotary is not None:
-      query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
+      query, key = _apply_rotary(query, *rotary), _apply_rotary(key, *rotary)
     attended_BxTxNxH = jax.nn.dot_product_attention(
         query, key, value, is_causal=True, implementation=self.implementation)
     return self.out(attended_BxTxNxH.reshape(batch, length, width))
 
 
-class MLPBlock(nnx.Module):
+class _MLPBlock(nnx.Module):
   """The block's MLP: ``hidden`` (D, d_mlp), gelu, ``out`` (d_mlp, D)."""
 
   def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
@@ -169,14 +169,14 @@ class MLPBlock(nnx.Module):
                       rngs=rngs)
 
 
-class Block(nnx.Module):
-  """A pre-LayerNorm transformer block; calls ``sites`` at each of `BLOCK_SITE_KINDS`."""
+class _Block(nnx.Module):
+  """A pre-LayerNorm transformer block; calls ``sites`` at each of `_BLOCK_SITE_KINDS`."""
 
   def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
     self.ln_1 = _layer_norm(config, rngs)
-    self.attention = CausalSelfAttention(config, rngs=rngs)
+    self.attention = _CausalSelfAttention(config, rngs=rngs)
     self.ln_2 = _layer_norm(config, rngs)
-    self.mlp = MLPBlock(config, rngs=rngs)
+    self.mlp = _MLPBlock(config, rngs=rngs)
 
   def __call__(self, resid_BxTxD: jax.Array, sites: Any,
                rotary: tuple[jax.Array, jax.Array] | None) -> jax.Array:
@@ -190,7 +190,7 @@ class Block(nnx.Module):
     return sites("resid_post", x)
 
 
-def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
+def _stack_modules(modules: list[nnx.Module]) -> nnx.Module:
   """One module shaped like each of ``modules``, every parameter the stack (L, ...) of theirs."""
   graphdef, _ = nnx.split(modules[0])
   states = [nnx.state(module) for module in modules]
@@ -220,8 +220,8 @@ class GPT(nnx.Module):
       self.position_embed = nnx.Embed(config.max_len, config.d_model,
                                       embedding_init=embedding_init, dtype=jnp.float32,
                                       param_dtype=jnp.float32, rngs=rngs)
-    blocks = [Block(config, rngs=rngs) for _ in range(config.num_layers)]
-    self.blocks = stack_modules(blocks) if config.scan_layers else nnx.List(blocks)
+    blocks = [_Block(config, rngs=rngs) for _ in range(config.num_layers)]
+    self.blocks = _stack_modules(blocks) if config.scan_layers else nnx.List(blocks)
     self.ln_final = _layer_norm(config, rngs)
     if not config.tie_embeddings:
       self.unembed = nnx.Linear(config.d_model, config.vocab_size, use_bias=False,
@@ -229,7 +229,7 @@ class GPT(nnx.Module):
 
   def site_names(self) -> tuple[str, ...]:
     return ("embed",) + tuple(f"blocks.{i}.{kind}" for i in range(self.config.num_layers)
-                              for kind in BLOCK_SITE_KINDS)
+                              for kind in _BLOCK_SITE_KINDS)
 
   def site_links(self) -> dict[str, tuple[ParamLink, ...]]:
     """The parameters that write into and read from every site.
@@ -290,7 +290,7 @@ class GPT(nnx.Module):
         raise BadInputError(f"GPT: {length} tokens exceed max_len={config.max_len}")
       x_BxTxD = x_BxTxD + self.position_embed.embedding[...][None, :length]
     else:
-      rotary = rotary_angles(length, config.head_width)
+      rotary = _rotary_angles(length, config.head_width)
     x_BxTxD = sites("embed", x_BxTxD)
     if config.scan_layers:
       x_BxTxD = self._scan_blocks(x_BxTxD, sites, rotary)

@@ -14,8 +14,8 @@ from landscape.sites import Sites
 from landscape.sites import BadInputError
 
 
-def dense_site_links(layer_paths: Sequence[tuple[str, ...]], site_names: Sequence[str],
-                     ) -> dict[str, tuple[ParamLink, ...]]:
+def _dense_site_links(layer_paths: Sequence[tuple[str, ...]], site_names: Sequence[str],
+                      ) -> dict[str, tuple[ParamLink, ...]]:
   """Links of a stack of dense layers whose site i sits between layer i and layer i + 1.
 
   Args:
@@ -60,7 +60,7 @@ class MLP(nnx.Module):
 
   def site_links(self) -> dict[str, tuple[ParamLink, ...]]:
     layer_paths = [("hidden", str(i)) for i in range(len(self.hidden))] + [("output",)]
-    return dense_site_links(layer_paths, self.site_names())
+    return _dense_site_links(layer_paths, self.site_names())
 
   def __call__(self, inputs: jax.Array, sites: Sites) -> jax.Array:
     x = inputs.reshape(inputs.shape[0], -1)

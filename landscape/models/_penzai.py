@@ -33,7 +33,7 @@ from penzai.models.transformer.variants import llamalike_common
 
 from landscape.models._adapter import Model
 from landscape.models._adapter import Params
-from landscape.models._mlp import dense_site_links
+from landscape.models._mlp import _dense_site_links
 from landscape.sites import ParamLink
 from landscape.sites import SiteShapeError
 from landscape.sites import Sites
@@ -349,4 +349,4 @@ def penzai_mlp(in_features: int, hidden_sizes: Sequence[int], num_classes: int, 
       build,
       wrap_inputs=lambda x: pz.nx.wrap(jnp.reshape(x, (x.shape[0], -1))).tag("batch", "inputs"),
       unwrap_outputs=lambda logits: logits.unwrap("batch", "classes"),
-      site_links=dense_site_links(layer_paths, site_names), name="penzai_mlp")
+      site_links=_dense_site_links(layer_paths, site_names), name="penzai_mlp")
