@@ -5,15 +5,21 @@ A binary is three lines around one library call::
     _CONFIG = cli.define_flags("configs/train.py")
     def main(argv): cli.run(landscape.supervised.run, argv)
     if __name__ == "__main__": cli.main(main)
+
+A library call that takes a ``command`` keyword gets the command line that started the binary (to
+write into its report), so the library never reads ``sys.argv`` itself.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging as python_logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
+from collections.abc import Sequence
 
 from absl import app
 from absl import flags
@@ -33,6 +39,7 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a scheduler expects from a preempted
 
 _CONFIG = None
 _WORKDIR = None
+_COMMAND = None  # the command line parse_flags saw, for run_fn's `command`
 
 
 def define_flags(default_config: str) -> None:
@@ -61,8 +68,25 @@ def _unknown_field_message(argv: list[str], error: Exception) -> str:
   return f"error: unknown config field: {error}"
 
 
+def command_line(argv: Sequence[str], module: str | None = None) -> str:
+  """The shell command that runs ``argv`` again, arguments quoted where the shell needs it.
+
+  ``python -m MODULE ARG...`` for a module run with -m, ``python ARGV0 ARG...`` for a script.
+  """
+  program = ["python", "-m", module] if module else ["python", argv[0]]
+  return shlex.join([*program, *argv[1:]])
+
+
+def _main_module() -> str | None:
+  """The module `python -m` ran, or None for a script."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  return spec.name if spec is not None else None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with an unknown or mistyped --config field reported by name and value."""
+  global _COMMAND
+  _COMMAND = command_line(argv, _main_module())
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:
@@ -105,7 +129,11 @@ def use_compilation_cache(directory: str | None = None) -> str | None:
 
 
 def run(run_fn: Callable[..., object], argv: list[str]) -> None:
-  """Calls ``run_fn(config, workdir)`` and turns the library's errors into exit codes and messages."""
+  """Calls ``run_fn(config, workdir)`` and turns the library's errors into exit codes and messages.
+
+  When ``run_fn`` takes a ``command`` keyword, it also gets the binary's command line (as
+  `parse_flags` saw it; not passed when the flags were parsed some other way).
+  """
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
@@ -114,8 +142,10 @@ def run(run_fn: Callable[..., object], argv: list[str]) -> None:
   logging.info("compilation cache: %s", cache or "off")
   config, workdir = _CONFIG.value, os.path.expanduser(_WORKDIR.value)
   logging.info("config:\n%s", config)
+  takes_command = "command" in inspect.signature(run_fn).parameters
+  extra = {"command": _COMMAND} if takes_command and _COMMAND is not None else {}
   try:
-    run_fn(config, workdir)
+    run_fn(config, workdir, **extra)
   except BadInputError as error:
     # Exactly the library's bad-input checks; anything else is a bug and keeps its traceback.
     logging.error("%s: %s", type(error).__name__, error)

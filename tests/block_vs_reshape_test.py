@@ -16,7 +16,9 @@ from absl.testing import parameterized
 from configs import block_vs_reshape as flagship_config
 from landscape import analysis
 from landscape import block_vs_reshape
+from landscape import objectives
 from landscape.block_vs_reshape import _arms
+from landscape.block_vs_reshape import _criteria
 from landscape.block_vs_reshape import _report
 from landscape.block_vs_reshape import _results
 from landscape.block_vs_reshape import _sample_efficiency
@@ -73,11 +75,11 @@ class SmokeTest(absltest.TestCase):
       summary = json.load(handle)
     for task in block_vs_reshape.TASKS:
       results = [_results.load_arm(self.workdir, task, arm) for arm in block_vs_reshape.ARMS]
-      recomputed = _report.judge_criteria(results)
+      recomputed = _criteria.evaluate_all(results)
       self.assertLen(recomputed, 3)
       for criterion, stored in zip(recomputed, summary["tasks"][task]["criteria"]):
         self.assertIn(criterion.sentence, report)
-        self.assertEqual(criterion.verdict, stored["verdict"])
+        self.assertEqual(criterion.outcome, stored["verdict"])
       # The first criterion's number is the paired difference of the two named arms' OOD accuracy.
       first = recomputed[0]
       names = re.findall(r"`(\w+)`", first.sentence)
@@ -171,9 +173,10 @@ class PiecesTest(parameterized.TestCase):
 
   def test_gated_rows_keep_only_the_chosen_site(self):
     basis = make_basis(np.eye(2, 5), site="hidden_0")
-    extra = {"hparams": {"site": jnp.asarray(1.0)}, "concept_basis/hidden_0": basis}
-    np.testing.assert_array_equal(_arms._gated_rows(extra, 0, "hidden_0"), np.zeros((2, 5)))
-    np.testing.assert_array_equal(_arms._gated_rows(extra, 1, "hidden_0"), basis.vectors)
+    run = objectives.RunView(step=jnp.asarray(0), hparams={"site": jnp.asarray(1.0)},
+                             refreshed={"concept_basis/hidden_0": basis}, term_states={})
+    np.testing.assert_array_equal(_arms._gated_rows(run, 0, "hidden_0"), np.zeros((2, 5)))
+    np.testing.assert_array_equal(_arms._gated_rows(run, 1, "hidden_0"), basis.vectors)
 
   @parameterized.parameters(*block_vs_reshape.ARMS)
   def test_every_arm_has_a_plan_on_every_task(self, arm):
@@ -216,11 +219,11 @@ class PiecesTest(parameterized.TestCase):
     seeds_noise = np.asarray([0.0, 0.01, -0.01, 0.005, -0.005])
     results = [arm("oracle", 0.95 + seeds_noise), arm("ablate_fixed", 0.60 + seeds_noise),
                arm("explanation", 0.93 + seeds_noise)]
-    verdicts = [criterion.verdict for criterion in _report.judge_criteria(results)]
+    verdicts = [criterion.outcome for criterion in _criteria.evaluate_all(results)]
     self.assertEqual(verdicts, [analysis.HOLDS, analysis.HOLDS, analysis.HOLDS])
     results = [arm("oracle", 0.95 + seeds_noise), arm("ablate_fixed", 0.90 + seeds_noise, 0.102),
                arm("explanation", 0.70 + seeds_noise)]
-    verdicts = [criterion.verdict for criterion in _report.judge_criteria(results)]
+    verdicts = [criterion.outcome for criterion in _criteria.evaluate_all(results)]
     self.assertEqual(verdicts, [analysis.FAILS, analysis.FAILS, analysis.FAILS])
 
 

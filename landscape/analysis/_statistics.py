@@ -6,13 +6,15 @@ initialisation and data order across arms), so its interval comes from the per-s
 
 A criterion "x >= threshold" (or "<=") is judged on the interval of x, not its mean alone:
 "holds" when the whole interval is on the passing side, "fails" when the whole interval is on the
-failing side, "inconclusive" when the interval contains the threshold.
+failing side, "inconclusive" when the interval contains the threshold. A criterion asking that one
+of several intervals pass (at some site, say) holds when one holds and fails when every one fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,3 +80,13 @@ def judge(estimate: Estimate, *, at_least: float | None = None, at_most: float |
   if estimate.high <= at_most:
     return HOLDS
   return FAILS if estimate.low > at_most else INCONCLUSIVE
+
+
+def judge_any(verdicts: Iterable[str]) -> str:
+  """The verdict on "at least one of these holds": HOLDS if one holds, FAILS if every one fails."""
+  verdicts = list(verdicts)
+  if not verdicts:
+    raise BadInputError("judge_any: no verdicts")
+  if HOLDS in verdicts:
+    return HOLDS
+  return FAILS if all(verdict == FAILS for verdict in verdicts) else INCONCLUSIVE

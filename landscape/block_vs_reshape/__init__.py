@@ -17,12 +17,17 @@ For each task, a shortcut predicts the label in training and not at test. Each a
 
 Each arm's grid point is chosen on a validation split drawn like the test shift and disjoint from
 the test split (``val_ood``); the report compares arms on the test splits with 95% intervals over
-seeds and judges the pre-registered criteria from the run's own numbers.
+seeds and judges the pre-registered criteria (``PREREGISTERED``, data judged by ``evaluate``) from
+the run's own numbers.
 """
 
 from landscape.block_vs_reshape._arms import ARMS
 from landscape.block_vs_reshape._arms import FAMILIES
 from landscape.block_vs_reshape._arms import plan_arm
+from landscape.block_vs_reshape._criteria import PREREGISTERED
+from landscape.block_vs_reshape._criteria import Criterion
+from landscape.block_vs_reshape._criteria import Verdict
+from landscape.block_vs_reshape._criteria import evaluate
 from landscape.block_vs_reshape._run import run
 from landscape.block_vs_reshape._tasks import TASKS
 from landscape.block_vs_reshape._tasks import Task

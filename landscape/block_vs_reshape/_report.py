@@ -1,8 +1,9 @@
 """report.md, its figures, summary.json and metrics.jsonl, computed from the arms' own files.
 
-Each pre-registered criterion is judged on a 95% interval over seeds (see `landscape.analysis`):
-"holds" when the whole interval passes, "fails" when the whole interval fails, "inconclusive" when
-it straddles the threshold. Differences between arms pair runs by seed.
+Four steps: load (every arm's results, read back from its files: `load_results`), judge (the
+pre-registered criteria, `PREREGISTERED`, each on its 95% interval over seeds, and the
+comparison with the oracle beside them), figures, and markdown. Differences between arms pair runs
+by seed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -20,106 +21,42 @@ from matplotlib.figure import Figure
 
 from landscape import analysis
 from landscape import training
+from landscape.block_vs_reshape._criteria import DECODABILITY
+from landscape.block_vs_reshape._criteria import PREREGISTERED
+from landscape.block_vs_reshape._criteria import Criterion
+from landscape.block_vs_reshape._criteria import Verdict
+from landscape.block_vs_reshape._criteria import arm
+from landscape.block_vs_reshape._criteria import best
+from landscape.block_vs_reshape._criteria import describe
+from landscape.block_vs_reshape._criteria import evaluate_all
+from landscape.block_vs_reshape._criteria import measure
 from landscape.block_vs_reshape._results import HEADLINE_METRICS
 from landscape.block_vs_reshape._results import SELECTION_METRIC
 from landscape.block_vs_reshape._results import ArmResult
 from landscape.block_vs_reshape._results import best_of
-from landscape.block_vs_reshape._results import load_arm
+from landscape.block_vs_reshape._results import load_results
 from landscape.block_vs_reshape._sample_efficiency import CONDITIONS
 from landscape.block_vs_reshape._tasks import TASK_TITLES
-from landscape.sites import BadInputError
 
-RESHAPING_OVER_BLOCKING = 0.10
-ORACLE_OVER_RESHAPING = 0.05
-ABOVE_CHANCE = 0.01  # "decodable above chance": held-out accuracy at least one point over chance
-FAMILY_COLORS = {"baseline": ("black", "dimgray"), "blocking": ("firebrick", "darkorange", "goldenrod",
-                                                                "indianred", "saddlebrown"),
+# What the report names as the command of a run started from Python rather than the binary.
+DEFAULT_COMMAND = "landscape.block_vs_reshape.run(config, workdir)"
+FAMILY_COLORS = {"baseline": ("black", "dimgray"),
+                 "blocking": ("firebrick", "darkorange", "goldenrod", "indianred", "saddlebrown"),
                  "reshaping": ("royalblue", "seagreen", "purple", "teal")}
 
 
 @dataclasses.dataclass(frozen=True)
-class Criterion:
-  """One pre-registered criterion on one task, judged from that task's numbers."""
+class Judged:
+  """One task's results and what the report concludes from them.
 
-  name: str
-  verdict: str
-  sentence: str
-  estimate: analysis.Estimate | None = None
+  results: every arm, in the order run. verdicts: each criterion's, in the criteria's order.
+  over_oracle: per site, the best blocking arm's decodability minus the oracle's (None when either
+  was not run; see `decodability_over_oracle`).
+  """
 
-  def as_dict(self) -> dict[str, Any]:
-    estimate = None if self.estimate is None else dataclasses.asdict(self.estimate)
-    return dict(name=self.name, verdict=self.verdict, sentence=self.sentence, estimate=estimate)
-
-
-def _arm(results: list[ArmResult], arm: str) -> ArmResult | None:
-  return next((result for result in results if result.arm == arm), None)
-
-
-def _paired(first: ArmResult, second: ArmResult, metric: str) -> analysis.Estimate:
-  if first.seeds != second.seeds:
-    raise BadInputError(f"{first.arm} and {second.arm} were trained with different seeds "
-                        f"({first.seeds} vs {second.seeds}); they cannot be paired")
-  return analysis.paired_difference(first.final[metric], second.final[metric])
-
-
-def _describe(result: ArmResult) -> str:
-  chosen = ", ".join(f"{name}={value:g}" for name, value in result.hyperparameters.items())
-  return f"`{result.arm}`" + (f" ({chosen})" if chosen else "")
-
-
-def _not_run(name: str, missing: str) -> Criterion:
-  return Criterion(name, "not run", f"{name}: not judged, {missing} was not run.")
-
-
-def judge_criteria(results: list[ArmResult]) -> list[Criterion]:
-  """The three pre-registered criteria, computed from this task's results."""
-  ood = HEADLINE_METRICS["ood_accuracy"]
-  blocking, reshaping, oracle = best_of(results, "blocking"), best_of(results, "reshaping"), _arm(
-      results, "oracle")
-  criteria = []
-  name = "reshaping beats blocking"
-  if blocking is None or reshaping is None:
-    criteria.append(_not_run(name, "a blocking or a reshaping arm"))
-  else:
-    difference = _paired(reshaping, blocking, ood)
-    verdict = analysis.judge(difference, at_least=RESHAPING_OVER_BLOCKING)
-    criteria.append(Criterion(name, verdict, (
-        f"Best reshaping arm {_describe(reshaping)} minus best blocking arm {_describe(blocking)}, "
-        f"OOD accuracy: {difference:+.3f} (95% CI over {difference.n} paired seeds); pre-registered "
-        f"at least {RESHAPING_OVER_BLOCKING:.2f}: **{verdict}**."), difference))
-  name = "reshaping comes close to the oracle"
-  if oracle is None or reshaping is None:
-    criteria.append(_not_run(name, "the oracle or a reshaping arm"))
-  else:
-    difference = _paired(oracle, reshaping, ood)
-    verdict = analysis.judge(difference, at_most=ORACLE_OVER_RESHAPING)
-    criteria.append(Criterion(name, verdict, (
-        f"Oracle minus best reshaping arm {_describe(reshaping)}, OOD accuracy: {difference:+.3f} "
-        f"(95% CI over {difference.n} paired seeds); pre-registered at most "
-        f"{ORACLE_OVER_RESHAPING:.2f}: **{verdict}**."), difference))
-  name = "blocked concept stays decodable"
-  if blocking is None:
-    criteria.append(_not_run(name, "a blocking arm"))
-  else:
-    excess = {site: analysis.mean_interval(blocking.final[f"decodability/{site}"] -
-                                           blocking.final[f"decodability_chance/{site}"])
-              for site in blocking.sites()}
-    verdicts = {site: analysis.judge(estimate, at_least=ABOVE_CHANCE) for site, estimate in excess.items()}
-    if any(verdict == analysis.HOLDS for verdict in verdicts.values()):
-      verdict = analysis.HOLDS
-    elif all(verdict == analysis.FAILS for verdict in verdicts.values()):
-      verdict = analysis.FAILS
-    else:
-      verdict = analysis.INCONCLUSIVE
-    site = max(excess, key=lambda s: excess[s].mean)
-    per_site = "; ".join(f"`{s}` {excess[s]:+.3f}" for s in excess)
-    criteria.append(Criterion(name, verdict, (
-        f"After the best blocking arm {_describe(blocking)}, a fresh linear probe reads the shortcut "
-        f"concept above chance at some site (held-out accuracy minus chance, 95% CI: {per_site}; "
-        f"highest at `{site}`); pre-registered: decodable above chance (by at least {ABOVE_CHANCE:.2f}) "
-        f"at some site: **{verdict}**."),
-        excess[site]))
-  return criteria
+  results: list[ArmResult]
+  verdicts: list[Verdict]
+  over_oracle: dict[str, analysis.Estimate] | None
 
 
 def decodability_over_oracle(results: list[ArmResult]) -> dict[str, analysis.Estimate] | None:
@@ -130,23 +67,28 @@ def decodability_over_oracle(results: list[ArmResult]) -> dict[str, analysis.Est
   which never saw the shortcut agree with the label, is that floor; decodability beyond it is
   information the blocked network holds because it learned the shortcut.
   """
-  blocking, oracle = best_of(results, "blocking"), _arm(results, "oracle")
-  if blocking is None or oracle is None:
-    return None
-  return {site: _paired(blocking, oracle, f"decodability/{site}") for site in blocking.sites()}
+  return measure(best("blocking", DECODABILITY), arm("oracle", DECODABILITY), results)
+
+
+def judge(all_results: dict[str, list[ArmResult]],
+          criteria: Sequence[Criterion] = PREREGISTERED) -> dict[str, Judged]:
+  """Every task's verdicts on ``criteria`` and its comparison with the oracle."""
+  return {task: Judged(results, evaluate_all(results, criteria), decodability_over_oracle(results))
+          for task, results in all_results.items()}
 
 
 def _over_oracle_sentence(results: list[ArmResult],
                           excess: dict[str, analysis.Estimate] | None) -> str:
   if excess is None:
-    return "Decodability beyond the oracle's: not computed, a blocking arm or the oracle was not run."
+    return ("Decodability beyond the oracle's: not computed, a blocking arm or the oracle was not "
+            "run.")
   above = [site for site, estimate in excess.items() if estimate.low > 0]
   per_site = "; ".join(f"`{site}` {estimate:+.3f}" for site, estimate in excess.items())
-  return (f"Not pre-registered (criterion 3 also holds where nothing can be learned, see the planted "
-          f"null): best blocking arm {_describe(best_of(results, 'blocking'))} minus the oracle, "
-          f"decodability (95% CI over paired seeds): {per_site}. Above the oracle at "
-          f"{len(above)} of {len(excess)} sites" + (f" ({', '.join(f'`{s}`' for s in above)})."
-                                                     if above else "."))
+  named = f" ({', '.join(f'`{site}`' for site in above)})." if above else "."
+  return ("Not pre-registered (criterion 3 also holds where nothing can be learned, see the "
+          f"planted null): best blocking arm {describe(best_of(results, 'blocking'))} minus the "
+          f"oracle, decodability (95% CI over paired seeds): {per_site}. Above the oracle at "
+          f"{len(above)} of {len(excess)} sites{named}")
 
 
 def _cell(estimate: analysis.Estimate) -> str:
@@ -157,7 +99,7 @@ def results_table(results: list[ArmResult]) -> str:
   lines = ["| arm | family | chosen | val OOD acc | ID acc | OOD acc | shortcut-following |",
            "|---|---|---|---|---|---|---|"]
   for result in results:
-    chosen = ", ".join(f"{name}={value:g}" for name, value in result.hyperparameters.items()) or "-"
+    chosen = result.chosen_hyperparameters() or "-"
     cells = [_cell(result.validation[result.chosen])] + [
         _cell(result.estimate(metric)) for metric in HEADLINE_METRICS.values()]
     lines.append(f"| {result.arm} | {result.family} | {chosen} | " + " | ".join(cells) + " |")
@@ -167,7 +109,8 @@ def results_table(results: list[ArmResult]) -> str:
 def decodability_table(results: list[ArmResult]) -> str:
   sites = results[0].sites()
   chance = {site: float(np.mean(results[0].final[f"decodability_chance/{site}"])) for site in sites}
-  lines = ["| arm | " + " | ".join(f"`{site}` (chance {chance[site]:.2f})" for site in sites) + " |",
+  header = " | ".join(f"`{site}` (chance {chance[site]:.2f})" for site in sites)
+  lines = [f"| arm | {header} |",
            "|---|" + "---|" * len(sites)]
   for result in results:
     cells = [_cell(result.estimate(f"decodability/{site}")) for site in sites]
@@ -265,20 +208,15 @@ def figure_sample_efficiency(efficiency: dict[str, Any], path: str) -> None:
   figure.savefig(path, dpi=120)
 
 
-def _command() -> str:
-  if sys.argv and sys.argv[0].endswith(os.path.join("experiments", "block_vs_reshape.py")):
-    return "python -m experiments.block_vs_reshape " + " ".join(sys.argv[1:])
-  return "landscape.block_vs_reshape.run(config, workdir)"
-
-
 def _efficiency_section(efficiency: dict[str, Any]) -> list[str]:
   lines = ["## Toy Colors sample efficiency", "",
            f"{len(efficiency['sizes'])} training-set sizes x {efficiency['num_seeds']} seeds per "
            f"condition, {efficiency['steps']} steps, explanation lambda = "
-           f"{efficiency['explanation_weight']:.4g} (the paper's 1000 on 0-255 inputs). `pro_rule1`: "
-           "every pixel but the corners annotated irrelevant (rule 1 is the reason); `anti_rule1`: the "
-           "corners annotated irrelevant (rule 1 forbidden). Examples needed are read off the mean curve "
-           "(log-linear between sizes); the published ratios (Ross et al. 2017) are label-only over "
+           f"{efficiency['explanation_weight']:.4g} (the paper's 1000 on 0-255 inputs). "
+           "`pro_rule1`: every pixel but the corners annotated irrelevant (rule 1 is the reason); "
+           "`anti_rule1`: the corners annotated irrelevant (rule 1 forbidden). Examples needed are "
+           "read off the mean curve (log-linear between sizes); the published ratios (Ross et al. "
+           "2017) are label-only over "
            "annotated examples.", "",
            "| test set | accuracy | label-only | pro_rule1 | anti_rule1 | ratio pro | ratio anti | "
            "published ratio |", "|---|---|---|---|---|---|---|---|"]
@@ -291,7 +229,8 @@ def _efficiency_section(efficiency: dict[str, Any]) -> list[str]:
                    f"{ratio(row['ratio_pro_rule1'])} | {ratio(row['ratio_anti_rule1'])} | "
                    f"{ratio(row['published_ratio'])} |")
   lines += ["", "Mean test accuracy by training-set size (95% CI):", "",
-            "| examples | " + " | ".join(f"{c} ({s})" for c in CONDITIONS for s in ("id", "ood")) + " |",
+            "| examples | " + " | ".join(f"{c} ({s})" for c in CONDITIONS for s in ("id", "ood"))
+            + " |",
             "|---|" + "---|" * 2 * len(CONDITIONS)]
   for index, size in enumerate(efficiency["sizes"]):
     cells = [_cell(efficiency["curves"][c][s][index]) for c in CONDITIONS for s in ("id", "ood")]
@@ -300,12 +239,9 @@ def _efficiency_section(efficiency: dict[str, Any]) -> list[str]:
   return lines
 
 
-def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], arms: list[str],
-          sample_efficiency: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
-  """Writes report.md, the figures, summary.json and metrics.jsonl; returns the summary."""
-  all_results = {task: [load_arm(workdir, task, arm) for arm in arms] for task in tasks}
-  all_criteria = {task: judge_criteria(all_results[task]) for task in tasks}
-  over_oracle = {task: decodability_over_oracle(all_results[task]) for task in tasks}
+def write_figures(workdir: str, all_results: dict[str, list[ArmResult]],
+                  sample_efficiency: dict[str, Any] | None) -> None:
+  """The report's PNG figures, into ``workdir``."""
   figure_over_training(all_results, lambda result: HEADLINE_METRICS["ood_accuracy"], "OOD accuracy",
                        os.path.join(workdir, "ood_accuracy.png"), lambda task: TASK_TITLES[task])
   figure_over_training(
@@ -313,62 +249,97 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], 
       "concept decodability", os.path.join(workdir, "decodability_over_training.png"),
       lambda task: f"{task}: at `{all_results[task][0].sites()[0]}`")
   figure_decodability(all_results, os.path.join(workdir, "decodability.png"))
+  if sample_efficiency is not None:
+    figure_sample_efficiency(sample_efficiency, os.path.join(workdir, "sample_efficiency.png"))
+
+
+def markdown(judged: dict[str, Judged], *, criteria: Sequence[Criterion],
+             sample_efficiency: dict[str, Any] | None, num_seeds: int, seconds: float,
+             device: str, command: str) -> str:
+  """report.md's text: the command, the criteria, each task's tables and verdicts, the figures.
+
+  criteria: those ``judged`` was judged on, listed at the top.
+  """
   lines = ["# Naive blocking versus landscape reshaping", "",
-           f"Command: `{_command()}`", "",
-           f"{config.num_seeds} seeds per arm, each arm's seeds and grid points trained together in one "
-           f"compiled program; grid points chosen on `{SELECTION_METRIC}` (a validation split drawn "
-           "like the OOD test, disjoint from it); means with 95% t-intervals over seeds. "
-           f"Wall time {seconds:.0f} s on {_device()}.", "",
-           "Criteria (pre-registered): best reshaping minus best blocking OOD accuracy >= "
-           f"{RESHAPING_OVER_BLOCKING}; oracle minus best reshaping <= {ORACLE_OVER_RESHAPING}; the "
-           f"blocked concept decodable above chance (by at least {ABOVE_CHANCE}) at some site after the "
-           "best blocking arm. Each is judged on its 95% interval: "
-           "holds / fails / inconclusive.", "",
+           f"Command: `{command}`", "",
+           f"{num_seeds} seeds per arm, each arm's seeds and grid points trained together in one "
+           f"compiled program; grid points chosen on `{SELECTION_METRIC}` (a validation split "
+           "drawn like the OOD test, disjoint from it); means with 95% t-intervals over seeds. "
+           f"Wall time {seconds:.0f} s on {device}.", "",
+           "Criteria (pre-registered): "
+           + "; ".join(criterion.describe() for criterion in criteria)
+           + ". Each is judged on its 95% interval: holds / fails / inconclusive.", "",
            "![OOD accuracy over training](ood_accuracy.png)", "",
            "![decodability](decodability.png)", "",
            "![decodability over training](decodability_over_training.png)", ""]
-  for task in tasks:
+  for task, task_judged in judged.items():
     lines += [f"## {TASK_TITLES[task]}", "",
               f"The model and its sites: [{task}/model.html]({task}/model.html); each refitting "
               f"arm's directions at the end: `{task}/<arm>/directions.html`.", "",
-              results_table(all_results[task]), "", "Criteria:", ""]
-    lines += [f"- {criterion.sentence}" for criterion in all_criteria[task]]
-    lines += ["", _over_oracle_sentence(all_results[task], over_oracle[task])]
+              results_table(task_judged.results), "", "Criteria:", ""]
+    lines += [f"- {verdict.sentence}" for verdict in task_judged.verdicts]
+    lines += ["", _over_oracle_sentence(task_judged.results, task_judged.over_oracle)]
     lines += ["", "Decodability of the shortcut concept at the end (held-out linear probe on "
               "`val_ood`, with each arm's evaluation-time interventions):", "",
-              decodability_table(all_results[task]), ""]
+              decodability_table(task_judged.results), ""]
   if sample_efficiency is not None:
-    figure_sample_efficiency(sample_efficiency, os.path.join(workdir, "sample_efficiency.png"))
     lines += _efficiency_section(sample_efficiency)
-  with open(os.path.join(workdir, "report.md"), "w") as handle:
-    handle.write("\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
 
-  summary = {"seconds": seconds, "num_seeds": config.num_seeds, "tasks": {}}
-  rows = []
-  for task in tasks:
+
+def summary_of(judged: dict[str, Judged], *, sample_efficiency: dict[str, Any] | None,
+               num_seeds: int, seconds: float) -> dict[str, Any]:
+  """summary.json: each task's verdicts, comparison with the oracle and headline estimates."""
+  summary = {"seconds": seconds, "num_seeds": num_seeds, "tasks": {}}
+  for task, task_judged in judged.items():
+    over_oracle = task_judged.over_oracle
     summary["tasks"][task] = {
-        "criteria": [criterion.as_dict() for criterion in all_criteria[task]],
+        "criteria": [verdict.as_dict() for verdict in task_judged.verdicts],
         "decodability_blocking_minus_oracle": (
-            None if over_oracle[task] is None else
-            {site: dataclasses.asdict(estimate) for site, estimate in over_oracle[task].items()}),
+            None if over_oracle is None else
+            {site: dataclasses.asdict(estimate) for site, estimate in over_oracle.items()}),
         "arms": {result.arm: {"family": result.family, "chosen": result.hyperparameters,
                               "seeds": result.seeds,
                               **{name: dataclasses.asdict(result.estimate(metric))
                                  for name, metric in HEADLINE_METRICS.items()}}
-                 for result in all_results[task]}}
-    for result in all_results[task]:
-      for index, point in enumerate(result.grid):
-        rows.append({"task": task, "arm": result.arm, "grid_point": point,
-                     "chosen": index == result.chosen,
-                     "validation": dataclasses.asdict(result.validation[index])})
+                 for result in task_judged.results}}
   if sample_efficiency is not None:
     summary["sample_efficiency"] = sample_efficiency["needed"]
+  return summary
+
+
+def grid_rows(all_results: dict[str, list[ArmResult]]) -> list[dict[str, Any]]:
+  """metrics.jsonl: one row per task, arm and grid point, with its validation estimate."""
+  return [{"task": task, "arm": result.arm, "grid_point": point, "chosen": index == result.chosen,
+           "validation": dataclasses.asdict(result.validation[index])}
+          for task, results in all_results.items() for result in results
+          for index, point in enumerate(result.grid)]
+
+
+def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], arms: list[str],
+          sample_efficiency: dict[str, Any] | None, seconds: float,
+          command: str | None = None) -> dict[str, Any]:
+  """Writes report.md, the figures, summary.json and metrics.jsonl; returns the summary.
+
+  command: what produced the run, as the report names it (the binary passes its command line);
+  None names `DEFAULT_COMMAND`.
+  """
+  all_results = load_results(workdir, tasks, arms)
+  judged = judge(all_results, PREREGISTERED)
+  write_figures(workdir, all_results, sample_efficiency)
+  text = markdown(judged, criteria=PREREGISTERED, sample_efficiency=sample_efficiency, num_seeds=config.num_seeds,
+                  seconds=seconds, device=_device(), command=command or DEFAULT_COMMAND)
+  with open(os.path.join(workdir, "report.md"), "w") as handle:
+    handle.write(text)
+  summary = summary_of(judged, sample_efficiency=sample_efficiency, num_seeds=config.num_seeds,
+                       seconds=seconds)
   training.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as handle:
-    handle.writelines(json.dumps(row) + "\n" for row in rows)
+    handle.writelines(json.dumps(row) + "\n" for row in grid_rows(all_results))
   return summary
 
 
 def _device() -> str:
   device = jax.devices()[0]
-  return f"{jax.device_count()} x {getattr(device, 'device_kind', device.platform)}, jax {jax.__version__}"
+  kind = getattr(device, "device_kind", device.platform)
+  return f"{jax.device_count()} x {kind}, jax {jax.__version__}"

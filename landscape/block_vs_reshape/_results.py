@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,10 @@ class ArmResult:
   @property
   def hyperparameters(self) -> dict[str, float]:
     return self.grid[self.chosen]
+
+  def chosen_hyperparameters(self) -> str:
+    """The chosen grid point in words: "weight=0.3" ("" for an arm without a grid)."""
+    return ", ".join(f"{name}={value:g}" for name, value in self.hyperparameters.items())
 
   def estimate(self, metric: str) -> analysis.Estimate:
     return analysis.mean_interval(self.final[metric])
@@ -87,6 +92,12 @@ def load_arm(workdir: str, task: str, arm: str) -> ArmResult:
   return ArmResult(task=task, arm=arm, family=FAMILIES[arm], grid=grid, chosen=chosen,
                    validation=validation, seeds=[runs[index]["seed"] for index in kept],
                    final=final, curves=curves)
+
+
+def load_results(workdir: str, tasks: Sequence[str],
+                 arms: Sequence[str]) -> dict[str, list[ArmResult]]:
+  """Every task's arms, in order, read back from ``workdir`` (see `load_arm`)."""
+  return {task: [load_arm(workdir, task, arm) for arm in arms] for task in tasks}
 
 
 def best_of(results: list[ArmResult], family: str) -> ArmResult | None:

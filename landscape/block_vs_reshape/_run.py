@@ -67,7 +67,7 @@ def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: st
                           hparam_grid=hparam_grid)
   if plan.refreshers:
     first_run = jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(
-        {refresher.name: result.state.extra[refresher.name] for refresher in plan.refreshers}))
+        {refresher.name: result.state.refreshed[refresher.name] for refresher in plan.refreshers}))
     inspect.write_html(first_run, os.path.join(arm_dir, "directions.html"),
                        title=f"{task.name}/{arm}: the directions at the end (first run)")
   logging.info("%s/%s: %.1f s", task.name, arm, time.perf_counter() - start)
@@ -93,12 +93,15 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   return tasks, arms
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        command: str | None = None) -> dict[str, Any]:
   """Runs every task and arm (resuming finished or interrupted ones), then writes the report.
 
   Writes, under ``workdir``: ``{task}/{arm}/`` (each arm's metrics.jsonl, summary.json and
   checkpoints), ``sample_efficiency/``, ``report.md`` with its PNG figures, ``metrics.jsonl`` (one
-  row per task, arm and grid point) and ``summary.json`` (the table and the criteria).
+  row per task, arm and grid point) and ``summary.json`` (the table and the criteria). ``command``
+  is what the report says produced the run (the binary passes its command line; None names this
+  call).
   """
   tasks, arms = validate(config)
   for num_runs in sorted(program_sizes(config, tasks, arms)):
@@ -117,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.sample_efficiency.enabled:
     efficiency = sample_efficiency.run(config, os.path.join(workdir, "sample_efficiency"))
   return report.write(config, workdir, tasks=tasks, arms=arms, sample_efficiency=efficiency,
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, command=command)
 
 
 def program_sizes(config: ml_collections.ConfigDict, tasks: list[str], arms: list[str]) -> set[int]:
