@@ -40,10 +40,55 @@ def loop_config() -> ml_collections.ConfigDict:
 
   config.distributed = ml_collections.ConfigDict()
   config.distributed.enabled = False   # call jax.distributed.initialize before anything else
-  config.distributed.coordinator_address = ""   # empty: let JAX detect it (Cloud TPU, SLURM, ...)
+  config.distributed.coordinator_address = ""   # HOST:PORT of process 0; empty: let JAX detect it
+  config.distributed.coordinator_bind_address = ""   # process 0 listens here; empty: all interfaces
   config.distributed.num_processes = 0          # 0: detect
   config.distributed.process_id = -1            # -1: detect
+  # Seconds. A process silent for heartbeat_timeout_seconds counts as dead: every other process then
+  # stops with an error naming it, instead of waiting forever in a collective.
+  config.distributed.initialization_timeout_seconds = 300
+  config.distributed.heartbeat_timeout_seconds = 100
+  config.distributed.shutdown_timeout_seconds = 300
+  config.distributed.cpu_collectives = "gloo"   # across processes on CPU: "gloo" (TCP) or "mpi"
+  config.distributed.cpu_collectives_hostname = ""   # gloo's address; empty: what the host name is
   return config
+
+
+CPU_COLLECTIVES = ("gloo", "mpi")
+
+
+def _check_address(field: str, address: str) -> None:
+  host, colon, port = address.rpartition(":")
+  if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+    _fail(field, address, "expected HOST:PORT with a port in 1-65535")
+
+
+def check_distributed_config(config: ml_collections.ConfigDict) -> None:
+  """Checks ``config.distributed`` before anything connects; ConfigError names the field."""
+  settings = config.distributed
+  if not settings.enabled:
+    for field in ("coordinator_address", "num_processes", "process_id"):
+      if settings[field] != loop_config().distributed[field]:
+        _fail(f"distributed.{field}", settings[field],
+              "has no effect unless config.distributed.enabled=True")
+    return
+  for field in ("coordinator_address", "coordinator_bind_address"):
+    if settings[field]:
+      _check_address(f"distributed.{field}", settings[field])
+  check_positive(config, [f"distributed.{field}_timeout_seconds"
+                          for field in ("initialization", "heartbeat", "shutdown")])
+  check_positive(config, ["distributed.num_processes"], allow_zero=("distributed.num_processes",))
+  if settings.process_id < -1:
+    _fail("distributed.process_id", settings.process_id, "must be >= 0, or -1 to detect it")
+  if settings.num_processes and settings.process_id >= settings.num_processes:
+    _fail("distributed.process_id", settings.process_id,
+          f"must be below config.distributed.num_processes={settings.num_processes}")
+  if settings.cpu_collectives not in CPU_COLLECTIVES:
+    _fail("distributed.cpu_collectives", settings.cpu_collectives,
+          f"expected one of {CPU_COLLECTIVES}")
+  if settings.cpu_collectives_hostname and settings.cpu_collectives != "gloo":
+    _fail("distributed.cpu_collectives_hostname", settings.cpu_collectives_hostname,
+          "applies to config.distributed.cpu_collectives='gloo' only")
 
 
 def _fail(field: str, value, why: str):

@@ -2,8 +2,9 @@
 
 The default path is `jax.jit` with `NamedSharding` over a Mesh with axes ("seed", "data", "model"):
 the run axis of the state and of every batch is split over "seed", the batch axis over "data", and
-parameter dimensions over "model" where a rule says so (everything else is replicated). The pmap path
-replicates the state on every device and splits each batch over them.
+parameter dimensions over "model" where a rule says so (everything else, the runs' shared step among
+it, is replicated). The pmap path replicates the state on every device and splits each batch over
+them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from landscape.training._config import ConfigError
+from landscape.training._config import check_distributed_config
+from landscape.training._state import TrainState
 
 MESH_AXES = ("seed", "data", "model")
 # (regular expression searched in a leaf's "/"-joined path, partition of the leaf's own dimensions)
@@ -28,18 +31,45 @@ ParamRule = tuple[str, tuple[str | None, ...]]
 
 
 def initialize_distributed(config) -> None:
-  """Calls `jax.distributed.initialize` when ``config.distributed.enabled``; a no-op otherwise."""
+  """Joins this process to the others when ``config.distributed.enabled``; a no-op otherwise.
+
+  Checks ``config.distributed`` first (ConfigError naming the field), then calls
+  `jax.distributed.initialize` with its timeouts, before anything touches a device. Once joined,
+  a process that stops sending heartbeats for ``heartbeat_timeout_seconds`` makes every other one
+  stop with JAX's "another task died" error rather than wait in a collective forever. Calling it
+  again in the same process does nothing.
+  """
+  check_distributed_config(config)
   settings = config.distributed
-  if not settings.enabled:
+  if not settings.enabled or jax.distributed.is_initialized():
     return
+  jax.config.update("jax_cpu_collectives_implementation", settings.cpu_collectives)
+  if settings.cpu_collectives_hostname:
+    # JAX has no public setting for the address gloo listens on (it takes the host name's): build
+    # the CPU client the way JAX does, with gloo told the address.
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+
+    def cpu_client():
+      collectives = _jax.make_gloo_tcp_collectives(
+          distributed_client=distributed.global_state.client,
+          hostname=settings.cpu_collectives_hostname)
+      return xla_bridge.make_cpu_client(collectives=collectives)
+
+    xla_bridge.register_backend_factory("cpu", cpu_client, priority=0, fail_quietly=False)
   kwargs = {}
   if settings.coordinator_address:
     kwargs["coordinator_address"] = settings.coordinator_address
+  if settings.coordinator_bind_address:
+    kwargs["coordinator_bind_address"] = settings.coordinator_bind_address
   if settings.num_processes > 0:
     kwargs["num_processes"] = settings.num_processes
   if settings.process_id >= 0:
     kwargs["process_id"] = settings.process_id
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(initialization_timeout=settings.initialization_timeout_seconds,
+                             heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+                             shutdown_timeout_seconds=settings.shutdown_timeout_seconds, **kwargs)
 
 
 def make_mesh(shape: Mapping[str, int]) -> Mesh:
@@ -78,10 +108,12 @@ def leaf_spec(path: str, shape: tuple[int, ...], mesh: Mesh, rules: Sequence[Par
 
 
 def state_shardings(state: Any, mesh: Mesh, rules: Sequence[ParamRule] = ()) -> Any:
-  """NamedShardings for a run-stacked state (or its shapes)."""
-  return jax.tree_util.tree_map_with_path(
+  """NamedShardings for a run-stacked state (or its shapes); a `TrainState`'s step is replicated."""
+  shared_step = isinstance(state, TrainState)
+  shardings = jax.tree_util.tree_map_with_path(
       lambda path, leaf: NamedSharding(mesh, leaf_spec(path_string(path), leaf.shape, mesh, rules)),
-      state)
+      state.replace(step=None) if shared_step else state)
+  return shardings.replace(step=replicated(mesh)) if shared_step else shardings
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
