@@ -21,6 +21,7 @@ from landscape import transforms
 from landscape.directions import Basis
 from landscape.directions import make_basis
 from landscape.models import Model
+from landscape.objectives import RunView
 from landscape.objectives import Term
 from landscape.objectives import compose
 from landscape.objectives import hyperparameter

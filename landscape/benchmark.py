@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,44 +70,46 @@ def residual_sites(num_layers: int) -> tuple[str, ...]:
   return ("embed",) + tuple(f"blocks.{layer}.resid_post" for layer in range(num_layers))
 
 
+class Variant(NamedTuple):
+  """One timed variant: the transform placed before the optimizer (None: plain), the refreshers it
+  needs in the loop, and what the loop hands the transform each step from the state."""
+
+  transform: optax.GradientTransformationExtraArgs | None = None
+  refreshers: tuple[Any, ...] = ()
+  optimizer_extra_args: Callable[[training.TrainState], dict] | None = None
+
+
 def transform_variants(config: ml_collections.ConfigDict, model: models.Model,
-                       params: Any) -> dict[str, tuple[optax.GradientTransformation | None,
-                                                       Callable[[], dict]]]:
-  """name -> (transform placed before the optimizer, or None; extra args for each step)."""
+                       params: Any) -> dict[str, Variant]:
+  """name -> the variant, each run by the loop's own chunk as training would run it."""
   width = config.model.d_model
   sites = residual_sites(config.model.num_layers)
   rng = np.random.default_rng(0)
-  no_extra_args = lambda: {}
   # "plain_again" is the plain step compiled and timed a second time: its ratio to plain (an A/A
   # comparison) is the run's noise floor for every other ratio.
-  variants = {"plain": (None, no_extra_args), "plain_again": (None, no_extra_args)}
+  variants = {"plain": Variant(), "plain_again": Variant()}
   for num_directions in config.num_directions:
     basis = directions.make_basis(rng.normal(size=(num_directions, width)), site="resid")
     bases = {site: basis.replace(site=site) for site in sites}
-    variants[f"project_out_k{num_directions}"] = (
-        transforms.project_out(transforms.site_directions(bases, model.site_links, params=params)),
-        no_extra_args)
+    variants[f"project_out_k{num_directions}"] = Variant(
+        transforms.project_out(transforms.site_directions(bases, model.site_links, params=params)))
   dictionary_NxD = jnp.asarray(rng.normal(size=(config.dictionary_size, width)), jnp.float32)
   selected = jnp.asarray(rng.choice(config.dictionary_size, config.dictionary_selected,
                                     replace=False), jnp.int32)
-  dictionary_name = dictionary_variant(config)
   span = transforms.dictionary_directions(
       {site: dictionary_NxD for site in sites}, {site: selected for site in sites},
       model.site_links, params=params, extra_arg="span")
-  refresher = transforms.span_refresher(span, every=config.refresh_every)
-  held = refresher.init(None, params)
-  # The timed steps of the scheduled variant fall between refreshes, where the loop hands the
-  # transform the refresher's held span; the other refreshes at every step (step 0 is always due).
-  refresh_now = lambda: refresher.update(held, params=params, step=jnp.zeros((), jnp.int32),
-                                         key=None, run=None)
-  variants[dictionary_name] = (transforms.project_out(span), lambda: {"span": held})
-  variants[dictionary_name + REFRESHING] = (transforms.project_out(span),
-                                            lambda: {"span": refresh_now()})
+  held_span = lambda state: {"span": state.refreshed["span"]}
+  # The span is re-estimated by the loop's refresher: on its schedule (the timed steps fall between
+  # refreshes, see `run`), or at every step, which prices one refresh.
+  dictionary_name = dictionary_variant(config)
+  for name, every in ((dictionary_name, config.refresh_every), (dictionary_name + REFRESHING, 1)):
+    variants[name] = Variant(transforms.project_out(span),
+                             (transforms.span_refresher(span, every=every),), held_span)
   middle = sites[len(sites) // 2]
-  variants[f"attribute_dictionary{config.dictionary_size}"] = (
+  variants[f"attribute_dictionary{config.dictionary_size}"] = Variant(
       transforms.attribute(transforms.dictionary_directions({middle: dictionary_NxD}, None,
-                                                            model.site_links, params=params)),
-      no_extra_args)
+                                                            model.site_links, params=params)))
   return variants
 
 
@@ -126,16 +128,17 @@ def _single_device_mesh():
 
 def _compiled_runs(*, model: models.Model, objective: objectives.Objective,
                    optimizer: optax.GradientTransformationExtraArgs, dataset: data.Dataset,
-                   batch_size: int, keys: jax.Array, optimizer_extra_args=None,
+                   batch_size: int, keys: jax.Array, refreshers=(), optimizer_extra_args=None,
                    num_steps: tuple[int, ...]) -> tuple[training.ChunkRunner, Any]:
   """(the loop's chunk runner on one device, the runs' placed state), compiled for ``num_steps``."""
   state = training.stack_runs([training.init_state(key, model=model, objective=objective,
-                                                   optimizer=optimizer) for key in keys])
+                                                   optimizer=optimizer, refreshers=refreshers)
+                               for key in keys])
   mesh = _single_device_mesh()
   runner = training.compile_chunk(model=model, objective=objective, optimizer=optimizer,
                                   dataset=dataset, batch_size=batch_size, mesh=mesh,
                                   shardings=training.state_shardings(state, mesh),
-                                  optimizer_extra_args=optimizer_extra_args)
+                                  refreshers=refreshers, optimizer_extra_args=optimizer_extra_args)
   state = runner.place(state)
   for length in sorted(set(num_steps)):
     runner.precompile(state, length)
@@ -162,14 +165,15 @@ def benchmark_transforms(config: ml_collections.ConfigDict) -> dict[str, Any]:
   dataset = random_tokens(config)
   objective = objectives.compose(objectives.cross_entropy())
   runners, states = {}, {}
-  for name, (transform, extra_args) in transform_variants(config, model, params).items():
+  for name, variant in transform_variants(config, model, params).items():
     base = optax.adamw(config.learning_rate, weight_decay=0.1)
-    optimizer = optax.chain(transform, base) if transform is not None else optax.chain(base)
+    optimizer = (optax.chain(variant.transform, base) if variant.transform is not None else
+                 optax.chain(base))
     logging.info("compiling %s", name)
     runners[name], states[name] = _compiled_runs(
         model=model, objective=objective, optimizer=optimizer, dataset=dataset,
-        batch_size=config.batch_size, keys=key[None],
-        optimizer_extra_args=lambda state, f=extra_args: f(),
+        batch_size=config.batch_size, keys=key[None], refreshers=variant.refreshers,
+        optimizer_extra_args=variant.optimizer_extra_args,
         num_steps=(config.warmup_steps, config.timed_steps))
     _, states[name] = _seconds_per_step(runners[name], states[name], config.warmup_steps)
   rounds = {name: [] for name in runners}

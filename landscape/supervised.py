@@ -65,7 +65,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> training.TrainResult
   result = training.train(config, workdir, model=model,
                           objective=objectives.compose(objectives.cross_entropy()),
                           optimizer=optimizer, dataset=dataset)
-  inspect.write_html(model, os.path.join(workdir, "model.html"), title=f"{model.name} and its sites",
-                     params=jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(result.state.params)),
-                     example_inputs=dataset.example_batch(2)["inputs"])
+  # Every process takes part in the fetch (it gathers from all of them); process 0 writes the file.
+  first_run = jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(result.state.params))
+  if jax.process_index() == 0:
+    inspect.write_html(model, os.path.join(workdir, "model.html"),
+                       title=f"{model.name} and its sites", params=first_run,
+                       example_inputs=dataset.example_batch(2)["inputs"])
   return result

@@ -64,7 +64,7 @@ class BenchmarkTest(absltest.TestCase):
     required = ("plain", "plain_again", benchmark.dictionary_variant(config),
                 benchmark.dictionary_variant(config) + benchmark.REFRESHING)
     # The variants' transforms are beside the point here: every variant is the plain step.
-    plain_variants = lambda config, model, params: {name: (None, dict) for name in required}
+    plain_variants = lambda config, model, params: {name: benchmark.Variant() for name in required}
     with mock.patch.object(training.JitChunk, "run", recorded_run), \
         mock.patch.object(benchmark, "transform_variants", plain_variants):
       results = benchmark.benchmark_transforms(config)

@@ -11,7 +11,6 @@ from landscape import inspect as landscape_inspect
 from landscape import models
 from landscape.directions import capture
 from landscape.directions import make_basis
-from landscape.models import _penzai
 
 
 class InspectTest(absltest.TestCase):
@@ -61,7 +60,7 @@ class InspectTest(absltest.TestCase):
     self.assertFalse(os.path.exists(path + ".tmp"))
 
   def test_penzai_model_sites_render_too(self):
-    model = _penzai.penzai_mlp(64, (16,), 10)
+    model = models.penzai_mlp(64, (16,), 10)
     text = landscape_inspect.render_text(model, model.init(jax.random.PRNGKey(0)), self.inputs[:2])
     self.assertIn("'penzai_mlp'", text)
     self.assertIn("writes hidden/0/kernel axis 1", text)

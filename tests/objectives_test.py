@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import landscape
+import rounding
 from landscape import data
 from landscape import interventions
 from landscape import models
@@ -648,7 +649,9 @@ class LoggedRunTest(absltest.TestCase):
     steered, _ = MODEL.forward(params, jnp.asarray(ood["inputs"]),
                                interventions={SITE: interventions.steer(self.VECTOR, 2.0)})
     accuracy = lambda logits: np.mean(np.argmax(np.asarray(logits), -1) == ood["labels"])
-    self.assertAlmostEqual(self.result.summary["eval/ood/accuracy"], accuracy(plain), places=5)
+    # The loop evaluates sharded over 8 devices in padded chunks: equal up to near-tied examples.
+    rounding.assert_accuracy_within_rounding(self, self.result.summary["eval/ood/accuracy"], plain,
+                                             ood["labels"])
     self.assertNotAlmostEqual(accuracy(plain), accuracy(steered), places=2)
 
 

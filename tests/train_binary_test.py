@@ -140,7 +140,7 @@ class BadInputTest(parameterized.TestCase):
       ("bad_corner", ["--config.data.name=decoy_digits", "--config.data.corner=7"], 2,
        r"config\.data\.corner='7': expected 'random' or 0-3"),
       ("patch_too_large", ["--config.data.name=decoy_digits", "--config.data.patch_size=20"], 2,
-       r"ValueError: decoy digits: patch_size=20 must be in \[1, 8\]\n*$"),
+       r"BadInputError: decoy digits: patch_size=20 must be in \[1, 8\]\n*$"),
   )
   def test_bad_input_fails_with_named_field(self, args, returncode, pattern):
     workdir = os.path.join(tempfile.mkdtemp(), "run")

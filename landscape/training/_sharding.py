@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from landscape.sites import path_string
 from landscape.training._config import ConfigError
 from landscape.training._config import check_distributed_config
 from landscape.training._state import TrainState
@@ -77,19 +78,6 @@ def make_mesh(shape: Mapping[str, int]) -> Mesh:
   sizes = tuple(shape[axis] for axis in MESH_AXES)
   devices = jax.devices()[:int(np.prod(sizes))]
   return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
-
-
-def path_string(path: Sequence[Any]) -> str:
-  """A key path as "a/b/0/c"."""
-  parts = []
-  for key in path:
-    for attribute in ("key", "name", "idx"):
-      if hasattr(key, attribute):
-        parts.append(str(getattr(key, attribute)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
 
 
 def leaf_spec(path: str, shape: tuple[int, ...], mesh: Mesh, rules: Sequence[ParamRule]) -> P:
