@@ -22,6 +22,7 @@ from landscape.block_vs_reshape import _criteria
 from landscape.block_vs_reshape import _report
 from landscape.block_vs_reshape import _results
 from landscape.block_vs_reshape import _sample_efficiency
+from landscape.block_vs_reshape import _schedule
 from landscape.block_vs_reshape import _tasks
 from landscape.directions import make_basis
 from landscape.training import ConfigError
@@ -178,11 +179,40 @@ class PiecesTest(parameterized.TestCase):
     np.testing.assert_array_equal(_arms._gated_rows(run, 0, "hidden_0"), np.zeros((2, 5)))
     np.testing.assert_array_equal(_arms._gated_rows(run, 1, "hidden_0"), basis.vectors)
 
+  def test_arms_and_tasks_are_one_registry_each(self):
+    self.assertEqual(block_vs_reshape.ARMS, tuple(_arms.ARM_REGISTRY))
+    self.assertEqual(block_vs_reshape.FAMILIES,
+                     {name: arm.family for name, arm in _arms.ARM_REGISTRY.items()})
+    self.assertEqual(set(block_vs_reshape.FAMILIES.values()), {"baseline", "blocking", "reshaping"})
+    self.assertEqual(block_vs_reshape.TASKS, tuple(_tasks.TASK_REGISTRY))
+    self.assertEqual(set(_tasks.TASK_TITLES), set(block_vs_reshape.TASKS))
+
+  def test_blocking_arms_grid_over_the_two_sites_and_refit_only_when_named(self):
+    config = flagship_config.get_config("smoke")
+    task = _tasks.build_task("decoy_digits", config)
+    for arm in ("ablate_fixed", "ablate_refit", "project_fixed", "project_refit"):
+      plan = block_vs_reshape.plan_arm(arm, task, config)
+      self.assertEqual(plan.grid, [{"site": 0.0}, {"site": 1.0}])
+      expected = config.refit_every if arm.endswith("refit") else 0
+      self.assertEqual([refresher.every for refresher in plan.refreshers], [expected, expected])
+    with self.assertRaisesRegex(ConfigError, r"unknown arm 'ablate'"):
+      block_vs_reshape.plan_arm("ablate", task, config)
+
+  def test_checkpoints_fall_on_evaluations_so_every_call_has_one_length(self):
+    config = flagship_config.get_config()
+    for steps, every, checkpoint_every in ((1500, 300, 600), (300, 60, 300), (1000, 200, 600)):
+      loop = _schedule.loop_config(config, steps)
+      self.assertEqual((loop.eval_every, loop.steps_per_call, loop.checkpoint_every),
+                       (every, every, checkpoint_every))
+    config.unlock()
+    config.checkpoint_every = 100  # shorter than an interval: one interval
+    self.assertEqual(_schedule.loop_config(config, 1500).checkpoint_every, 300)
+
   @parameterized.parameters(*block_vs_reshape.ARMS)
   def test_every_arm_has_a_plan_on_every_task(self, arm):
     config = flagship_config.get_config("smoke")
     for task_name in ("decoy_digits", "marker"):
-      task = _tasks.TASK_BUILDERS[task_name](config)
+      task = _tasks.build_task(task_name, config)
       plan = block_vs_reshape.plan_arm(arm, task, config)
       self.assertNotEmpty(plan.grid)
       if block_vs_reshape.FAMILIES[arm] == "reshaping":

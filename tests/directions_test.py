@@ -10,6 +10,7 @@ from absl.testing import parameterized
 from landscape import directions
 from landscape import interventions
 from landscape import models
+from landscape import objectives
 from landscape.directions import BasisError
 from landscape.directions import make_basis
 from landscape.models import Model
@@ -250,20 +251,28 @@ class DecodabilityTest(absltest.TestCase):
     again = measure({"scale": scales})  # compiled once, reused
     np.testing.assert_array_equal(again.heldout_accuracy, result.heldout_accuracy)
 
-  def test_interventions_read_each_runs_extra(self):
+  def test_interventions_read_each_runs_view(self):
     model = _two_site_model()
     batch = _concept_batch()
     offsets = np.eye(3, 8)[1:] - np.eye(3, 8)[:1]  # the planted class-mean differences
     planted = directions.make_basis(offsets, site="carries").vectors
-    extra = {"basis": jnp.stack([planted, jnp.zeros_like(planted)])}  # run 1 ablates nothing
-    measure = directions.make_decodability(
-        model, batch, field="concept",
-        interventions=lambda run_extra: {"carries": interventions.ablate(run_extra["basis"])})
+    runs = objectives.RunView(  # run 1 ablates nothing
+        step=jnp.zeros((2,), jnp.int32), hparams={},
+        refreshed={"basis": jnp.stack([planted, jnp.zeros_like(planted)])}, term_states={})
+    seen_batches = []
+
+    def ablations(run, chunk):
+      seen_batches.append(chunk["inputs"].shape)
+      return {"carries": interventions.ablate(run.refreshed["basis"])}
+
+    measure = directions.make_decodability(model, batch, field="concept",
+                                           interventions=ablations)
     params = {"scale": jnp.ones((2, 2), jnp.float32)}
-    result = measure(params, extra)
+    result = measure(params, runs)
     self.assertLess(result.heldout_accuracy[0, 0], result.chance[0] + 0.06)
     self.assertGreater(result.heldout_accuracy[1, 0], 0.9)
-    with self.assertRaisesRegex(ValueError, r"call it with the runs' extra"):
+    self.assertEqual(seen_batches[0][1:], np.shape(batch["inputs"])[1:])
+    with self.assertRaisesRegex(ValueError, r"call it with the runs' views"):
       measure(params)
 
   def test_from_captures_matches_the_compiled_path(self):

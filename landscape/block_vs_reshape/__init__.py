@@ -15,13 +15,18 @@ For each task, a shortcut predicts the label in training and not at test. Each a
   ``steering`` (preventative steering: each example's concept offset added at the site in training,
   off at test), ``concept_penalty`` (L2 of the site's coordinates along the refitted concept basis).
 
+Each arm is one value in ``ARM_REGISTRY`` (its name, family, how it builds its objective and
+optimizer, and its grid); each task one in ``TASK_REGISTRY``.
+
 Each arm's grid point is chosen on a validation split drawn like the test shift and disjoint from
 the test split (``val_ood``); the report compares arms on the test splits with 95% intervals over
 seeds and judges the pre-registered criteria (``PREREGISTERED``, data judged by ``evaluate``) from
 the run's own numbers.
 """
 
+from landscape.block_vs_reshape._arms import ARM_REGISTRY
 from landscape.block_vs_reshape._arms import ARMS
+from landscape.block_vs_reshape._arms import Arm
 from landscape.block_vs_reshape._arms import FAMILIES
 from landscape.block_vs_reshape._arms import plan_arm
 from landscape.block_vs_reshape._criteria import PREREGISTERED
@@ -29,5 +34,6 @@ from landscape.block_vs_reshape._criteria import Criterion
 from landscape.block_vs_reshape._criteria import Verdict
 from landscape.block_vs_reshape._criteria import evaluate
 from landscape.block_vs_reshape._run import run
+from landscape.block_vs_reshape._tasks import TASK_REGISTRY
 from landscape.block_vs_reshape._tasks import TASKS
 from landscape.block_vs_reshape._tasks import Task

@@ -1,8 +1,12 @@
-"""The arms: what each trains with, in one program per arm (seeds times the arm's grid)."""
+"""The arms, as data: what each trains with, in one program per arm (seeds times the arm's grid).
+
+Every arm is an `Arm` in ``ARM_REGISTRY``; ``ARMS`` and ``FAMILIES`` are read from it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,16 +25,9 @@ from landscape import transforms
 from landscape.block_vs_reshape._tasks import Task
 from landscape.training import ConfigError
 
-FAMILIES = {
-    "plain": "baseline", "oracle": "baseline",
-    "grad_mask": "blocking", "ablate_fixed": "blocking", "ablate_refit": "blocking",
-    "project_fixed": "blocking", "project_refit": "blocking",
-    "explanation": "reshaping", "adversary": "reshaping", "steering": "reshaping",
-    "concept_penalty": "reshaping",
-}
-ARMS = tuple(FAMILIES)
 BASIS = "concept_basis"
 MEANS = "concept_means"
+Grid = list[dict[str, float]]
 
 
 @dataclasses.dataclass
@@ -40,10 +37,30 @@ class ArmPlan:
   dataset: data.Dataset
   objective: objectives.Objective
   optimizer: optax.GradientTransformationExtraArgs
-  grid: list[dict[str, float]]
+  grid: Grid
   refreshers: tuple[Any, ...] = ()
   optimizer_extra_args: Callable[[training.TrainState], Mapping[str, Any]] | None = None
   eval_interventions: objectives.InterventionsFn | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One arm of the experiment, as data.
+
+  name: the arm's name (its directory and its row in the report). family: "baseline", "blocking"
+  or "reshaping". build: (task, config) -> what it trains with (its dataset, objective, optimizer,
+  refreshers, optimizer extra args and evaluation-time interventions; the plan's grid is ignored).
+  grid: (task, config) -> its grid of hyper-parameters, every point trained with every seed in the
+  arm's one program.
+  """
+
+  name: str
+  family: str
+  build: Callable[[Task, ml_collections.ConfigDict], ArmPlan]
+  grid: Callable[[Task, ml_collections.ConfigDict], Grid] = lambda task, config: [{}]
+
+  def plan(self, task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
+    return dataclasses.replace(self.build(task, config), grid=self.grid(task, config))
 
 
 def _gated_rows(run: objectives.RunView | training.TrainState, index: int, site: str) -> jax.Array:
@@ -78,69 +95,125 @@ def _site_widths(task: Task) -> dict[str, int]:
   return task.model.site_widths(params, example)
 
 
-def plan_arm(arm: str, task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
-  """The dataset, objective, optimizer, refreshers and grid of ``arm`` on ``task``."""
-  grids = config.grids
-  task_loss = objectives.cross_entropy()
-  base = optax.adam(task.learning_rate)
-  plain = ArmPlan(dataset=task.dataset, objective=objectives.compose(task_loss),
-                  optimizer=optax.chain(base), grid=[{}])
+def _adam(task: Task) -> optax.GradientTransformation:
+  return optax.adam(task.learning_rate)
+
+
+def _plain(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
+  del config
+  return ArmPlan(dataset=task.dataset, objective=objectives.compose(objectives.cross_entropy()),
+                 optimizer=optax.chain(_adam(task)), grid=[{}])
+
+
+def _oracle(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
+  return dataclasses.replace(_plain(task, config), dataset=task.oracle)
+
+
+def _grad_mask(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
+  return dataclasses.replace(_plain(task, config), optimizer=optax.chain(
+      transforms.mask_updates(task.shortcut_keep), _adam(task)))
+
+
+def _refit_every(config: ml_collections.ConfigDict, refit: bool) -> int:
+  """The blocking basis's refit period: every ``refit_every`` steps, or 0 (fitted once at init)."""
+  return config.refit_every if refit else 0
+
+
+def _ablate(task: Task, config: ml_collections.ConfigDict, *, refit: bool) -> ArmPlan:
+  ablations = _ablations(task)
+  return dataclasses.replace(
+      _plain(task, config), refreshers=_block_refreshers(task, config, _refit_every(config, refit)),
+      objective=objectives.compose(objectives.cross_entropy(), interventions=ablations),
+      eval_interventions=ablations)
+
+
+def _project(task: Task, config: ml_collections.ConfigDict, *, refit: bool) -> ArmPlan:
+  widths = _site_widths(task)
+  placeholder = {site: directions.make_basis(np.eye(task.num_concepts - 1, widths[site]), site=site)
+                 for site in task.block_sites}
+  held = transforms.site_directions(placeholder, task.model.site_links, extra_arg="bases")
+  return dataclasses.replace(
+      _plain(task, config), refreshers=_block_refreshers(task, config, _refit_every(config, refit)),
+      # After the optimizer, so the parameter change itself has no component along the basis
+      # (Adam's per-coordinate scaling would otherwise put some back).
+      optimizer=optax.chain(_adam(task), transforms.project_out(held)),
+      optimizer_extra_args=lambda state: {"bases": {
+          site: _gated_rows(state, index, site) for index, site in enumerate(task.block_sites)}})
+
+
+_WEIGHT = objectives.hyperparameter("weight")
+
+
+def _with_term(task: Task, config: ml_collections.ConfigDict, term: objectives.Term,
+               refreshers: tuple[Any, ...] = ()) -> ArmPlan:
+  """Plain training plus one weighted term acting at the task's first blocking site."""
+  return dataclasses.replace(_plain(task, config), refreshers=refreshers,
+                             objective=objectives.compose(objectives.cross_entropy(), term))
+
+
+def _explanation(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
+  return _with_term(task, config, task.explanation(_WEIGHT))
+
+
+def _adversary(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
   site = task.block_sites[0]
-  weight = objectives.hyperparameter("weight")
-  reshaping_grid = lambda name: [{"weight": float(value)} for value in grids[task.name][name]]
-  if arm == "plain":
-    return plain
-  if arm == "oracle":
-    return dataclasses.replace(plain, dataset=task.oracle)
-  if arm == "grad_mask":
-    return dataclasses.replace(plain, optimizer=optax.chain(transforms.mask_updates(task.shortcut_keep),
-                                                            base))
-  site_grid = [{"site": 0.0}, {"site": 1.0}]
-  if arm in ("ablate_fixed", "ablate_refit"):
-    every = 0 if arm == "ablate_fixed" else config.refit_every
-    ablations = _ablations(task)
-    return dataclasses.replace(
-        plain, grid=site_grid, refreshers=_block_refreshers(task, config, every),
-        objective=objectives.compose(task_loss, interventions=ablations),
-        eval_interventions=ablations)
-  if arm in ("project_fixed", "project_refit"):
-    every = 0 if arm == "project_fixed" else config.refit_every
-    widths = _site_widths(task)
-    placeholder = {s: directions.make_basis(np.eye(task.num_concepts - 1, widths[s]), site=s)
-                   for s in task.block_sites}
-    held = transforms.site_directions(placeholder, task.model.site_links, extra_arg="bases")
-    return dataclasses.replace(
-        plain, grid=site_grid, refreshers=_block_refreshers(task, config, every),
-        # After the optimizer, so the parameter change itself has no component along the basis
-        # (Adam's per-coordinate scaling would otherwise put some back).
-        optimizer=optax.chain(base, transforms.project_out(held)),
-        optimizer_extra_args=lambda state: {"bases": {
-            s: _gated_rows(state, index, s) for index, s in enumerate(task.block_sites)}})
-  if arm == "explanation":
-    return dataclasses.replace(plain, grid=reshaping_grid("explanation"),
-                               objective=objectives.compose(task_loss, task.explanation(weight)))
-  if arm == "adversary":
-    width = _site_widths(task)[site]
-    adversary = objectives.adversarial_probe(site, width=width, num_classes=task.num_concepts,
-                                             weight=weight, position=task.position)
-    return dataclasses.replace(plain, grid=reshaping_grid("adversary"),
-                               objective=objectives.compose(task_loss, adversary))
-  if arm == "steering":
-    means = directions.refit_class_means(MEANS, model=task.model, site=site, data=task.probe,
-                                         num_classes=task.num_concepts, every=config.refit_every,
-                                         batch_size=config.probe_batch_size)
-    steering = objectives.preventative_steering(site, vector_key=MEANS, alpha=weight,
-                                                concept_key="concept")
-    return dataclasses.replace(plain, grid=reshaping_grid("steering"), refreshers=(means,),
-                               objective=objectives.compose(task_loss, steering))
-  if arm == "concept_penalty":
-    refresher = directions.refit_basis(BASIS, model=task.model, site=site, data=task.probe,
+  return _with_term(task, config, objectives.adversarial_probe(
+      site, width=_site_widths(task)[site], num_classes=task.num_concepts, weight=_WEIGHT,
+      position=task.position))
+
+
+def _steering(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
+  site = task.block_sites[0]
+  means = directions.refit_class_means(MEANS, model=task.model, site=site, data=task.probe,
                                        num_classes=task.num_concepts, every=config.refit_every,
                                        batch_size=config.probe_batch_size)
-    penalty = objectives.concept_penalty(site, basis_key=BASIS, weight=weight)
-    return dataclasses.replace(plain, grid=reshaping_grid("concept_penalty"), refreshers=(refresher,),
-                               objective=objectives.compose(task_loss, penalty))
-  raise ConfigError(f"config.arms: unknown arm {arm!r}; expected some of {ARMS}")
+  return _with_term(task, config, objectives.preventative_steering(
+      site, vector_key=MEANS, alpha=_WEIGHT, concept_key="concept"), refreshers=(means,))
+
+
+def _concept_penalty(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
+  site = task.block_sites[0]
+  basis = directions.refit_basis(BASIS, model=task.model, site=site, data=task.probe,
+                                 num_classes=task.num_concepts, every=config.refit_every,
+                                 batch_size=config.probe_batch_size)
+  return _with_term(task, config, objectives.concept_penalty(site, basis_key=BASIS, weight=_WEIGHT),
+                    refreshers=(basis,))
+
+
+def _site_grid(task: Task, config: ml_collections.ConfigDict) -> Grid:
+  """Which of the task's two blocking sites to block at (one program holds both)."""
+  del config
+  return [{"site": float(index)} for index in range(len(task.block_sites))]
+
+
+def _weight_grid(arm: str) -> Callable[[Task, ml_collections.ConfigDict], Grid]:
+  """The weights of ``config.grids[task][arm]``."""
+  return lambda task, config: [{"weight": float(value)} for value in config.grids[task.name][arm]]
+
+
+_REGISTRY = (
+    Arm("plain", "baseline", _plain),
+    Arm("oracle", "baseline", _oracle),
+    Arm("grad_mask", "blocking", _grad_mask),
+    Arm("ablate_fixed", "blocking", functools.partial(_ablate, refit=False), _site_grid),
+    Arm("ablate_refit", "blocking", functools.partial(_ablate, refit=True), _site_grid),
+    Arm("project_fixed", "blocking", functools.partial(_project, refit=False), _site_grid),
+    Arm("project_refit", "blocking", functools.partial(_project, refit=True), _site_grid),
+    Arm("explanation", "reshaping", _explanation, _weight_grid("explanation")),
+    Arm("adversary", "reshaping", _adversary, _weight_grid("adversary")),
+    Arm("steering", "reshaping", _steering, _weight_grid("steering")),
+    Arm("concept_penalty", "reshaping", _concept_penalty, _weight_grid("concept_penalty")),
+)
+ARM_REGISTRY = {arm.name: arm for arm in _REGISTRY}
+ARMS = tuple(ARM_REGISTRY)
+FAMILIES = {arm.name: arm.family for arm in _REGISTRY}
+
+
+def plan_arm(arm: str, task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
+  """The dataset, objective, optimizer, refreshers and grid of ``arm`` on ``task``."""
+  if arm not in ARM_REGISTRY:
+    raise ConfigError(f"config.arms: unknown arm {arm!r}; expected some of {ARMS}")
+  return ARM_REGISTRY[arm].plan(task, config)
 
 
 def _read_out(logits: jax.Array, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
@@ -165,15 +238,12 @@ EVAL_METRICS = dict(objectives.CLASSIFICATION_METRICS, shortcut=shortcut_followi
 
 
 def decodability_evaluator(task: Task, plan: ArmPlan, config: ml_collections.ConfigDict):
-  probed_interventions = None
-  if plan.eval_interventions is not None:
-    # The decodability probe hands its interventions one run's view and no batch; the arms'
-    # evaluation-time interventions (ablations) read none.
-    probed_interventions = lambda run: plan.eval_interventions(run, {})
+  """The arm's decodability probes, at every site of the model, as the model is deployed (with the
+  arm's evaluation-time interventions)."""
   measure = directions.make_decodability(
       task.model, task.dataset.eval_sets["val_ood"], field="concept", sites=task.model.site_names,
       position=task.position, heldout_fraction=0.5, l2=config.decodability_l2,
-      steps=config.decodability_steps, interventions=probed_interventions)
+      steps=config.decodability_steps, interventions=plan.eval_interventions)
 
   def evaluate(params, run):
     result = measure(params, run if plan.eval_interventions is not None else None)

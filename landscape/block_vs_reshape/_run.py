@@ -21,9 +21,9 @@ from landscape.block_vs_reshape._arms import decodability_evaluator
 from landscape.block_vs_reshape._arms import plan_arm
 from landscape.block_vs_reshape._schedule import loop_config
 from landscape.block_vs_reshape._schedule import settings_identity
-from landscape.block_vs_reshape._tasks import TASK_BUILDERS
 from landscape.block_vs_reshape._tasks import TASKS
 from landscape.block_vs_reshape._tasks import Task
+from landscape.block_vs_reshape._tasks import build_task
 from landscape.training import ConfigError
 
 
@@ -109,11 +109,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
   for task_name in tasks:
-    task = TASK_BUILDERS[task_name](config)
+    task = build_task(task_name, config)
     inspect.write_html(task.model, os.path.join(workdir, task.name, "model.html"),
                        title=f"{task.name}: {task.model.name} and its sites",
                        params=jax.eval_shape(task.model.init, jax.random.PRNGKey(0)),
                        example_inputs=task.dataset.example_batch(2)["inputs"])
+    # One arm at a time: orbax's asynchronous checkpoints of two arms trained on two threads of
+    # one process deadlock (their commits signal through process-wide keys).
     for arm in arms:
       run_arm(task, arm, config, workdir)
   efficiency = None

@@ -16,9 +16,12 @@ def loop_config(config: ml_collections.ConfigDict, steps: int | None = None,
   """The training loop's fields for one task: the config's, with the task's steps and batch size.
 
   Every run is evaluated ``config.evaluations`` times (plus at step 0), at equal intervals, and
-  checkpointed every ``checkpoint_every`` steps (at most ``steps``). ``identity`` (the task, arm and
-  settings that shape the run beyond the loop's own fields) goes in as ``experiment``, so the
-  loop's config.json records it and a rerun with different settings is refused, not resumed.
+  checkpointed every ``checkpoint_every`` steps rounded down to whole evaluation intervals (at
+  least one, at most ``steps``): every compiled call then has the one length of an interval, so
+  each arm compiles its chunk once (a checkpoint between evaluations would need a second length).
+  ``identity`` (the task, arm and settings that shape the run beyond the loop's own fields) goes in
+  as ``experiment``, so the loop's config.json records it and a rerun with different settings is
+  refused, not resumed.
   """
   loop = training.loop_config()
   for field in loop.keys():
@@ -29,7 +32,8 @@ def loop_config(config: ml_collections.ConfigDict, steps: int | None = None,
   loop.eval_every = max(1, -(-loop.steps // config.evaluations))
   loop.steps_per_call = loop.eval_every
   loop.log_every = loop.eval_every
-  loop.checkpoint_every = min(config.checkpoint_every, loop.steps)
+  whole_intervals = max(1, config.checkpoint_every // loop.eval_every) * loop.eval_every
+  loop.checkpoint_every = min(whole_intervals, loop.steps)
   if identity is not None:
     loop.experiment = ml_collections.ConfigDict(dict(identity))
   return loop

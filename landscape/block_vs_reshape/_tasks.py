@@ -14,14 +14,6 @@ from landscape import data
 from landscape import models
 from landscape import objectives
 
-TASK_TITLES = {
-    "decoy_digits": "Decoy digits (8x8; a grey patch in a corner encodes the label)",
-    "toy_colors": "Toy Colors (5x5x3; rule 1, the corners, is the shortcut)",
-    "marker": "Marker tokens (2-layer GPT copies the first token; a marker token gives the answer away)",
-}
-TASKS = tuple(TASK_TITLES)
-
-
 @dataclasses.dataclass(frozen=True)
 class Task:
   """One shortcut-learning problem and what every arm needs to know about its shortcut.
@@ -43,7 +35,6 @@ class Task:
   """
 
   name: str
-  title: str
   dataset: data.Dataset
   oracle: data.Dataset
   probe: data.Dataset
@@ -76,7 +67,7 @@ def _image_rows(mask: np.ndarray) -> np.ndarray:
   return np.nonzero(mask.reshape(len(mask), -1).max(axis=0) > 0)[0]
 
 
-def decoy_digits_task(config: ml_collections.ConfigDict) -> Task:
+def _decoy_digits(config: ml_collections.ConfigDict) -> Task:
   settings = config.decoy_digits
   make = lambda train_decoy: data.decoy_digits(patch_size=settings.patch_size, train_decoy=train_decoy)
   oracle = make("random")
@@ -85,7 +76,7 @@ def decoy_digits_task(config: ml_collections.ConfigDict) -> Task:
   training_data = make(settings.train_decoy)
   rows = _image_rows(training_data.arrays["mask"])  # the training data's annotation
   return Task(
-      name="decoy_digits", title=TASK_TITLES["decoy_digits"],
+      name="decoy_digits",
       dataset=data.with_probe_fields(training_data, oracle), oracle=oracle, probe=oracle,
       model=model,
       block_sites=("hidden_0", "hidden_1"), position=None, num_concepts=10,
@@ -95,7 +86,7 @@ def decoy_digits_task(config: ml_collections.ConfigDict) -> Task:
       batch_size=settings.batch_size or config.batch_size)
 
 
-def toy_colors_task(config: ml_collections.ConfigDict) -> Task:
+def _toy_colors(config: ml_collections.ConfigDict) -> Task:
   settings = config.toy_colors
   make = lambda rule1: data.toy_colors(num_train=settings.num_train, num_eval=settings.num_eval,
                                        train_rule1=rule1)
@@ -104,7 +95,7 @@ def toy_colors_task(config: ml_collections.ConfigDict) -> Task:
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   rows = _image_rows(shortcut.arrays["mask"])  # the training data's annotation
   return Task(
-      name="toy_colors", title=TASK_TITLES["toy_colors"],
+      name="toy_colors",
       dataset=data.with_probe_fields(shortcut, oracle), oracle=oracle, probe=oracle, model=model,
       block_sites=("hidden_0", "hidden_1"), position=None, num_concepts=2,
       shortcut_keep=_first_layer_keep(params, ("hidden", "0", "kernel"), rows),
@@ -113,7 +104,7 @@ def toy_colors_task(config: ml_collections.ConfigDict) -> Task:
       batch_size=settings.batch_size or config.batch_size)
 
 
-def marker_task(config: ml_collections.ConfigDict) -> Task:
+def _marker(config: ml_collections.ConfigDict) -> Task:
   settings = config.marker
   make = lambda marker: data.marker_dataset(num_classes=settings.num_classes, seq_len=settings.seq_len,
                                             train_marker=marker, rule_noise=settings.rule_noise,
@@ -127,7 +118,7 @@ def marker_task(config: ml_collections.ConfigDict) -> Task:
   first_marker = settings.num_classes + settings.num_fillers
   marker_rows = np.arange(first_marker, first_marker + settings.num_classes)
   return Task(
-      name="marker", title=TASK_TITLES["marker"],
+      name="marker",
       dataset=data.with_probe_fields(shortcut, oracle), oracle=oracle, probe=oracle, model=model,
       block_sites=("blocks.0.resid_post", "blocks.1.resid_post"), position=-1,
       num_concepts=settings.num_classes,
@@ -138,5 +129,27 @@ def marker_task(config: ml_collections.ConfigDict) -> Task:
       batch_size=settings.batch_size or config.batch_size)
 
 
-TASK_BUILDERS = {"decoy_digits": decoy_digits_task, "toy_colors": toy_colors_task,
-                 "marker": marker_task}
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+  """One task of the experiment, as data: its name, its report title, and how it is built."""
+
+  name: str
+  title: str
+  build: Callable[[ml_collections.ConfigDict], Task]
+
+
+_REGISTRY = (
+    TaskKind("decoy_digits", "Decoy digits (8x8; a grey patch in a corner encodes the label)",
+             _decoy_digits),
+    TaskKind("toy_colors", "Toy Colors (5x5x3; rule 1, the corners, is the shortcut)", _toy_colors),
+    TaskKind("marker", "Marker tokens (2-layer GPT copies the first token; a marker token gives "
+             "the answer away)", _marker),
+)
+TASK_REGISTRY = {kind.name: kind for kind in _REGISTRY}
+TASKS = tuple(TASK_REGISTRY)
+TASK_TITLES = {kind.name: kind.title for kind in _REGISTRY}
+
+
+def build_task(name: str, config: ml_collections.ConfigDict) -> Task:
+  """Task ``name`` as ``config`` sets it up."""
+  return TASK_REGISTRY[name].build(config)

@@ -162,11 +162,11 @@ class _DecodabilityFn:
     model, l2, steps = self._model, self._l2, self._steps
     interventions = self._interventions
 
-    def one_run(params, extra, chunks, local_rows, labels, train, heldout):
-      chosen = dict(interventions(extra)) if interventions is not None else None
-
+    def one_run(params, run, chunks, local_rows, labels, train, heldout):
       def chunk_rows_of(chunk_and_rows):
         chunk_inputs, rows_per_layout = chunk_and_rows
+        chosen = (dict(interventions(run, {"inputs": chunk_inputs})) if interventions is not None
+                  else None)
         sites = tuple(site for layout in layouts for site in layout.plan.sites)
         _, acts = model.forward(params, chunk_inputs, capture=sites, interventions=chosen)
         return [{site: jnp.take(site_rows(acts[site], layout.plan), rows, axis=0).astype(jnp.float32)
@@ -189,14 +189,16 @@ class _DecodabilityFn:
 
     return jax.jit(jax.vmap(one_run, in_axes=(0, 0, None, None, None, None, None)))
 
-  def __call__(self, stacked_params: Any, stacked_extra: Any = None) -> Decodability:
+  def __call__(self, stacked_params: Any, stacked_run: Any = None) -> Decodability:
     """(S, num_sites) held-out accuracies for params with a leading run axis S.
 
-    ``stacked_extra`` (the runs' train-state extras, leading axis S) is what the ``interventions``
-    given at construction read; it may be None when there are none.
+    ``stacked_run`` (the runs' views, every leaf with the leading axis S: what the training loop's
+    evaluators receive) is what the ``interventions`` given at construction read; it may be None
+    when there are none.
     """
-    if self._interventions is not None and stacked_extra is None:
-      raise BadInputError(f"{self._what}: built with interventions, so call it with the runs' extra")
+    if self._interventions is not None and stacked_run is None:
+      raise BadInputError(f"{self._what}: built with interventions, so call it with the runs' "
+                          "views (stacked_run)")
     params_like = jax.tree_util.tree_map(
         lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf)[1:], leaf.dtype), stacked_params)
     key = jax.tree_util.tree_structure(params_like), tuple(
@@ -207,7 +209,7 @@ class _DecodabilityFn:
     compiled, chunks, layouts, num_classes = self._compiled[key]
     per_layout = lambda name: [jnp.asarray(getattr(layout, name)) for layout in layouts]
     train_accuracy, heldout_accuracy = compiled(stacked_params,
-                                                {} if stacked_extra is None else stacked_extra,
+                                                {} if stacked_run is None else stacked_run,
                                                 chunks, per_layout("local_rows"),
                                                 per_layout("labels"), per_layout("train"),
                                                 per_layout("heldout"))
@@ -251,9 +253,10 @@ def make_decodability(model: Model, batch: Mapping[str, Any], *, field: str = "c
     heldout_fraction, seed: the split by example; max_rows: subsample rows (fixed by ``seed``).
     batch_size: examples per chunk of the forward pass.
     l2, steps: the logistic probe's penalty and number of steps.
-    interventions: extra -> site -> intervention, applied in the forward pass that is probed (the
-      model as deployed, e.g. with an arm's evaluation-time ablation); ``extra`` is one run's
-      train-state extra, passed run-stacked as the call's second argument.
+    interventions: ``(run, batch) -> {site: intervention}``, the one signature of training and
+      evaluation interventions, applied in the forward pass that is probed (the model as
+      deployed, e.g. with an arm's evaluation-time ablation). ``run`` is one run's view, passed
+      run-stacked as the call's second argument; ``batch`` holds the chunk's ``inputs``.
 
   The first call compiles (per params shape); later calls with params of the same shapes reuse it.
   """

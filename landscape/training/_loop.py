@@ -316,13 +316,24 @@ def _open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
   return checkpoints, start_step
 
 
+def _placed_like(abstract: TrainState, shardings: Any) -> TrainState:
+  """The abstract state laid out as ``shardings``: what a chunk is compiled for before it runs."""
+  return jax.tree_util.tree_map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract, shardings)
+
+
+def _stack_on_host(states: Sequence[TrainState]) -> TrainState:
+  """`stack_runs` in NumPy: the same values, without compiling a stack per leaf shape."""
+  stacked = jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]),
+                                   *states)
+  return stacked.replace(step=states[0].step)
+
+
 def _restore(checkpoints: Checkpoints, step: int, abstract: TrainState,
              shardings: Any) -> TrainState:
   """The state saved at ``step``, laid out as ``shardings``."""
-  target = jax.tree_util.tree_map(
-      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      abstract, shardings)
-  return checkpoints.restore(step, target)
+  return checkpoints.restore(step, _placed_like(abstract, shardings))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, objective: Objective,
@@ -367,26 +378,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   init_one = jax.jit(functools.partial(init_state, model=model, objective=objective,
                                        optimizer=optimizer, refreshers=refreshers))
 
-  def initial_state() -> TrainState:
-    return stack_runs([
-        init_one(jax.random.PRNGKey(run["seed"]),
-                 hparams={name: value for name, value in run.items() if name != "seed"})
-        for run in runs])
+  def run_states() -> list[TrainState]:
+    return [init_one(jax.random.PRNGKey(run["seed"]),
+                     hparams={name: value for name, value in run.items() if name != "seed"})
+            for run in runs]
 
   mesh = _sharding.make_mesh(shape)
-  abstract = jax.eval_shape(initial_state)
+  abstract = jax.eval_shape(lambda: stack_runs(run_states()))
   shardings = _sharding.state_shardings(abstract, mesh, param_rules)
   checkpoints, start_step = _open_checkpoints(config, workdir, hparam_grid, is_main=is_main)
-  if start_step:
-    state = _restore(checkpoints, start_step, abstract, shardings)
-    logging.info("resumed from step %d (%s)", start_step, workdir)
-  else:
-    state = jax.device_put(initial_state(), shardings)
-
   runner = compile_chunk(model=model, objective=objective, optimizer=optimizer, dataset=dataset,
                          batch_size=config.batch_size, mesh=mesh, shardings=shardings,
                          refreshers=refreshers, optimizer_extra_args=optimizer_extra_args,
                          parallelism=config.parallelism)
+  if start_step:
+    state = _restore(checkpoints, start_step, abstract, shardings)
+    logging.info("resumed from step %d (%s)", start_step, workdir)
+  else:
+    state = jax.device_put(_stack_on_host(run_states()), shardings)
   state = runner.place(state)
   run_labels = [f"seed_{run['seed']}" if len(run) == 1 else
                 "_".join(f"{name}_{value}" for name, value in run.items()) for run in runs]
