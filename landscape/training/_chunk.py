@@ -73,7 +73,25 @@ class ChunkRunner(Protocol):
     ...
 
 
-class JitChunk:
+class _CompiledChunk:
+  """What both runners share: ``self._program`` (the jitted or pmapped chunk, its step count a
+  static argument) over ``self._arrays``, each step count compiled once, ahead of time or at its
+  first call."""
+
+  _program: Any
+  _arrays: Any
+  _precompiled: dict[int, Any]
+
+  def precompile(self, state: Any, num_steps: int) -> None:
+    self._precompiled[num_steps] = self._program.lower(state, self._arrays, num_steps).compile()
+
+  def _call(self, state: Any, num_steps: int) -> tuple[Any, dict[str, jax.Array]]:
+    if num_steps in self._precompiled:
+      return self._precompiled[num_steps](state, self._arrays)
+    return self._program(state, self._arrays, num_steps)
+
+
+class JitChunk(_CompiledChunk):
   """The chunk under `jax.jit`: the state sharded by ``shardings``, batches on ("seed", "data")."""
 
   def __init__(self, train_step: StepFn, dataset: Dataset, batch_size: int, *, mesh: Mesh,
@@ -86,20 +104,15 @@ class JitChunk:
                                                                                   data_sharding))
     # Not on CPU: there an asynchronous checkpoint may still read the buffers a donation frees.
     donate = () if jax.default_backend() == "cpu" else (0,)
-    self._compiled = jax.jit(chunk, static_argnums=(2,), donate_argnums=donate,
-                             out_shardings=(shardings, None))
+    self._program = jax.jit(chunk, static_argnums=(2,), donate_argnums=donate,
+                            out_shardings=(shardings, None))
     self._precompiled: dict[int, Any] = {}
 
   def place(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self._shardings)
 
-  def precompile(self, state: TrainState, num_steps: int) -> None:
-    self._precompiled[num_steps] = self._compiled.lower(state, self._arrays, num_steps).compile()
-
   def run(self, state: TrainState, num_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
-    if num_steps in self._precompiled:
-      return self._precompiled[num_steps](state, self._arrays)
-    return self._compiled(state, self._arrays, num_steps)
+    return self._call(state, num_steps)
 
   def host_view(self, state: TrainState) -> TrainState:
     return state

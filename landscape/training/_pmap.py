@@ -14,11 +14,12 @@ import jax
 from landscape.data import Dataset
 from landscape.training import _sharding
 from landscape.training._chunk import StepFn
+from landscape.training._chunk import _CompiledChunk
 from landscape.training._chunk import make_chunk
 from landscape.training._state import TrainState
 
 
-class PmapChunk:
+class PmapChunk(_CompiledChunk):
   """A `ChunkRunner` over ``devices`` with `jax.pmap`; ``train_step`` pmeans over ``axis_name``."""
 
   def __init__(self, train_step: StepFn, dataset: Dataset, batch_size: int, *,
@@ -34,7 +35,7 @@ class PmapChunk:
           lambda x: jax.lax.dynamic_slice_in_dim(x, offset, per_device, axis=1), batch)
 
     chunk = make_chunk(train_step, dataset, batch_size, shape_batch=device_slice)
-    self._pmapped = jax.pmap(chunk, axis_name=axis_name, in_axes=(0, None, None),
+    self._program = jax.pmap(chunk, axis_name=axis_name, in_axes=(0, None, None),
                              static_broadcasted_argnums=(2,), devices=list(devices))
     self._arrays = _sharding.fetch(dataset.arrays)
     self._precompiled: dict[int, Any] = {}
@@ -42,14 +43,8 @@ class PmapChunk:
   def place(self, state: TrainState) -> TrainState:
     return _sharding.replicate_for_pmap(state, self._num_devices)
 
-  def precompile(self, state: TrainState, num_steps: int) -> None:
-    self._precompiled[num_steps] = self._pmapped.lower(state, self._arrays, num_steps).compile()
-
   def run(self, state: TrainState, num_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
-    if num_steps in self._precompiled:
-      state, metrics = self._precompiled[num_steps](state, self._arrays)
-    else:
-      state, metrics = self._pmapped(state, self._arrays, num_steps)
+    state, metrics = self._call(state, num_steps)
     return state, _sharding.first_replica(metrics)
 
   def host_view(self, state: TrainState) -> TrainState:
