@@ -10,7 +10,9 @@ from absl.testing import parameterized
 from landscape import interventions
 from landscape import models
 from landscape.directions import make_basis
+from landscape.sites import BadInputError
 from landscape.sites import SiteShapeError
+from landscape.sites import before_interventions
 from landscape.sites import UnknownSiteError
 
 WIDTH = 12
@@ -100,6 +102,54 @@ class InterventionValuesTest(parameterized.TestCase):
       interventions.clamp(_basis(2), 1.0)
 
 
+class BackwardOnlyCallableTest(absltest.TestCase):
+
+  def test_plain_function_keeps_the_value_and_routes_the_gradient_through_it(self):
+    gains = np.random.default_rng(6).uniform(-2.0, 2.0, size=WIDTH).astype(np.float32)
+    acts, weights = _acts(), _acts(seed=9)
+    for inner, expected_gradient in ((lambda a: a * 0.0, np.zeros(acts.shape)),
+                                     (lambda a: a * gains[None, None], np.asarray(weights) * gains)):
+      backward = interventions.BackwardOnly(inner)
+      np.testing.assert_array_equal(jax.jit(backward)(acts), acts)
+      gradient = jax.jit(jax.grad(lambda a: jnp.sum(backward(a) * weights)))(acts)
+      np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-6)
+
+  def test_closure_over_a_traced_value_gets_no_gradient_of_its_own(self):
+    acts, weights = _acts((4, WIDTH)), _acts((4, WIDTH), seed=9)
+
+    def loss(gain, a):
+      return jnp.sum(interventions.BackwardOnly(lambda x: jnp.tanh(x) * gain)(a) * weights)
+
+    gain = jnp.asarray(1.5, jnp.float32)
+    d_gain, d_acts = jax.jit(jax.grad(loss, argnums=(0, 1)))(gain, acts)
+    a64 = np.asarray(acts, np.float64)
+    np.testing.assert_allclose(d_acts, np.asarray(weights) * 1.5 * (1.0 - np.tanh(a64) ** 2),
+                               rtol=1e-5)
+    self.assertEqual(float(d_gain), 0.0)
+
+  def test_pytree_intervention_with_traced_arrays_and_as_a_jit_argument(self):
+    basis = _basis(2)
+    acts, weights = _acts(), _acts(seed=9)
+
+    @jax.jit
+    def gradient(basis_KxD, a):
+      backward = interventions.BackwardOnly(interventions.Ablate(basis_KxD))
+      return jax.grad(lambda x: jnp.sum(backward(x) * weights))(a)
+
+    q = np.asarray(basis.vectors, np.float64)
+    np.testing.assert_allclose(gradient(basis.vectors, acts),
+                               np.asarray(weights) - (np.asarray(weights) @ q.T) @ q, atol=1e-5)
+    # As a pytree: arrays are leaves, a plain function is static.
+    self.assertLen(jax.tree_util.tree_leaves(interventions.ablate(basis, backward_only=True)), 1)
+    plain = interventions.BackwardOnly(lambda a: 2.0 * a)
+    self.assertEmpty(jax.tree_util.tree_leaves(plain))
+    np.testing.assert_array_equal(jax.jit(lambda b, a: b(a))(plain, acts), acts)
+
+  def test_not_a_function_names_backward_only(self):
+    with self.assertRaisesRegex(BadInputError, r"BackwardOnly: inner is a float \(2.0\)"):
+      interventions.BackwardOnly(2.0)(_acts())
+
+
 class InterventionsInModelsTest(absltest.TestCase):
 
   def setUp(self):
@@ -139,10 +189,95 @@ class InterventionsInModelsTest(absltest.TestCase):
     with self.assertRaisesRegex(SiteShapeError, r"site 'hidden_0' has width 13.*\(6, 12\)"):
       self.model.forward(self.params, self.inputs, interventions={"hidden_0": interventions.ablate(wrong)})
 
+  def test_wrong_signature_names_the_site_and_act_to_act(self):
+    for wrong, signature in ((lambda act, step: act, r"\(act, step\)"),
+                             (lambda: None, r"\(\)")):
+      with self.assertRaisesRegex(BadInputError, rf"site 'hidden_1' has signature {signature}; an "
+                                  r"intervention takes one activation .*act -> act"):
+        self.model.forward(self.params, self.inputs, interventions={"hidden_1": wrong})
+    with self.assertRaisesRegex(BadInputError, r"site 'hidden_0' is a float \(3.0\), not a function"):
+      self.model.forward(self.params, self.inputs, interventions={"hidden_0": 3.0})
+    # Keyword-only extras with defaults, and *args, still take one activation.
+    for fine in (lambda act, *, scale=2.0: act * scale, lambda *args: args[0]):
+      self.model.forward(self.params, self.inputs, interventions={"hidden_1": fine})
+
   def test_unknown_site_names_site(self):
     with self.assertRaisesRegex(UnknownSiteError, r"hidden_9"):
       self.model.forward(self.params, self.inputs,
                          interventions={"hidden_9": interventions.steer(jnp.ones(WIDTH), 1.0)})
+
+
+class CaptureBeforeInterventionsTest(parameterized.TestCase):
+  """A capture reads a site after its interventions by default, or before them when asked."""
+
+  @parameterized.named_parameters(
+      ("nnx_mlp", lambda: models.mlp(64, (WIDTH, 8), 10), "hidden_0", (6, 8, 8)),
+      ("penzai_mlp", lambda: models.penzai_mlp(64, (WIDTH, 8), 10), "hidden_0", (6, 8, 8)),
+      ("gpt", lambda: models.gpt(models.GPTConfig(vocab_size=11, max_len=5, d_model=WIDTH,
+                                                  num_layers=2, num_heads=2)),
+       "blocks.1.resid_pre", (3, 5)),
+      ("scanned_gpt", lambda: models.gpt(models.GPTConfig(vocab_size=11, max_len=5, d_model=WIDTH,
+                                                          num_layers=2, num_heads=2,
+                                                          scan_layers=True)),
+       "blocks.1.resid_pre", (3, 5)),
+  )
+  def test_before_is_unablated_and_after_is_ablated(self, make_model, site, input_shape):
+    model = make_model()
+    params = model.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(2)
+    inputs = (jnp.asarray(rng.integers(0, 11, size=input_shape), jnp.int32) if len(input_shape) == 2
+              else jnp.asarray(rng.normal(size=input_shape), jnp.float32))
+    basis = _basis(3)
+    downstream = "blocks.1.resid_post" if site.startswith("blocks") else "hidden_1"
+    forward = jax.jit(lambda p, x: model.forward(
+        p, x, interventions={site: interventions.ablate(basis)}, capture=[site, downstream],
+        capture_before=[site, downstream]))
+    _, plain = jax.jit(lambda p, x: model.forward(p, x, capture=[site]))(params, inputs)
+    _, acts = forward(params, inputs)
+    self.assertEqual(set(acts), {site, downstream, before_interventions(site),
+                                 before_interventions(downstream)})
+    self.assertEqual(before_interventions(site), site + "@before")
+    q = np.asarray(basis.vectors, np.float64)
+    before = np.asarray(acts[before_interventions(site)], np.float64)
+    after = np.asarray(acts[site], np.float64)
+    # Two compiled programs: equal up to float32 rounding of O(1) activations.
+    np.testing.assert_allclose(before, plain[site], atol=1e-5)
+    np.testing.assert_array_equal(acts[before_interventions(downstream)], acts[downstream])
+    self.assertGreater(np.abs(before @ q.T).max(), 1e-2)
+    np.testing.assert_allclose(after @ q.T, 0.0, atol=1e-5)
+    np.testing.assert_allclose(after, before - (before @ q.T) @ q, atol=1e-5)
+
+  def test_gradient_flows_through_what_is_read(self):
+    model = models.mlp(64, (WIDTH, 8), 10)
+    params = model.init(jax.random.PRNGKey(0))
+    inputs = _acts((6, 8, 8), seed=2)
+    basis = _basis(3)
+    ablated = {"hidden_0": interventions.ablate(basis)}
+
+    def bias_gradient(before):
+      def penalty(params):
+        key = before_interventions("hidden_0") if before else "hidden_0"
+        _, acts = model.forward(params, inputs, interventions=ablated,
+                                capture_before=["hidden_0"] if before else (),
+                                capture=() if before else ["hidden_0"])
+        return 0.5 * jnp.sum(acts[key] ** 2)
+      return np.asarray(jax.grad(penalty)(params)["hidden"]["0"]["bias"], np.float64)
+
+    w1 = np.asarray(params["hidden"]["0"]["kernel"], np.float64)
+    b1 = np.asarray(params["hidden"]["0"]["bias"], np.float64)
+    hidden = np.maximum(np.asarray(inputs, np.float64).reshape(6, -1) @ w1 + b1, 0.0)
+    q = np.asarray(basis.vectors, np.float64)
+    # d/db1 of 0.5 |h|^2, h = relu(x W1 + b1), is sum_b h_b (h_b is 0 where the relu is off); read
+    # after the ablation the penalty is 0.5 |h (I - Q^T Q)|^2, with gradient h (I - Q^T Q) there.
+    np.testing.assert_allclose(bias_gradient(True), hidden.sum(0), rtol=1e-5, atol=1e-5)
+    ablated_hidden = hidden - (hidden @ q.T) @ q
+    np.testing.assert_allclose(bias_gradient(False), (ablated_hidden * (hidden > 0)).sum(0),
+                               rtol=1e-5, atol=1e-5)
+
+  def test_unknown_site_in_capture_before_is_named(self):
+    model = models.mlp(64, (WIDTH, 8), 10)
+    with self.assertRaisesRegex(UnknownSiteError, r"capture_before: unknown site\(s\) \['hidden_7'\]"):
+      model.forward(model.init(jax.random.PRNGKey(0)), _acts((2, 64)), capture_before=["hidden_7"])
 
 
 if __name__ == "__main__":

@@ -683,6 +683,112 @@ class OneSignatureTest(absltest.TestCase):
     np.testing.assert_allclose(metrics["loss/task"], expected, rtol=1e-5)
 
 
+class InterventionSignatureTest(absltest.TestCase):
+
+  def test_wrong_signature_is_refused_when_the_objective_is_built(self):
+    expected = r"has signature \(run\); expected \(run, batch\) -> \{site: intervention\}"
+    with self.assertRaisesRegex(landscape.BadInputError, r"objective: interventions .*" + expected):
+      objectives.compose(objectives.cross_entropy(), interventions=lambda run: {})
+    with self.assertRaisesRegex(landscape.BadInputError, r"term 'shift': interventions .*" + expected):
+      objectives.Term(name="shift", fn=lambda inputs: 0.0, interventions=lambda run: {})
+    with self.assertRaisesRegex(landscape.BadInputError, r"objective: interventions is a dict"):
+      objectives.compose(objectives.cross_entropy(),
+                         interventions={SITE: interventions.steer(STEERING_VECTOR, 1.0)})
+
+  def test_result_that_is_not_a_mapping_is_named(self):
+    objective = objectives.compose(
+        objectives.cross_entropy(),
+        interventions=lambda run, batch: interventions.steer(STEERING_VECTOR, 1.0))
+    with self.assertRaisesRegex(landscape.BadInputError,
+                                r"objective: interventions returned a Steer .*expected a mapping"):
+      _loss(objective, _params(), _batch())
+
+  def test_site_intervention_with_the_wrong_signature_names_the_site(self):
+    wrong = lambda run, batch: {SITE: lambda act, run: act}
+    right = lambda run, batch: {SITE: lambda act: act}
+    # Alone, or chained after another intervention at its site (by a term).
+    for objective_fn, term_fn in ((wrong, None), (right, wrong)):
+      term = objectives.Term(name="other", fn=lambda inputs: 0.0, interventions=term_fn)
+      objective = objectives.compose(objectives.cross_entropy(), term, interventions=objective_fn)
+      with self.assertRaisesRegex(landscape.BadInputError,
+                                  rf"at site '{SITE}' has signature \(act, run\).*act -> act"):
+        _loss(objective, _params(), _batch())
+
+
+def _half_squared_norm(name, site, *, before):
+  def fn(inputs):
+    return 0.5 * jnp.mean(jnp.sum(inputs.acts[site].astype(jnp.float32) ** 2, axis=-1))
+  return objectives.Term(name=name, fn=fn, sites=(site,), sites_before=(site,) if before else ())
+
+
+class ReadBeforeInterventionsTest(parameterized.TestCase):
+  """A term reads its site after the site's interventions by default, before them when it says so."""
+
+  @parameterized.named_parameters(
+      ("ablate", lambda batch_size: interventions.ablate(BASIS)),
+      # Gradient routing: the unrouted penalty on a routed latent.
+      ("route", lambda batch_size: interventions.route_gradients(
+          (np.arange(batch_size * HIDDEN).reshape(batch_size, HIDDEN) % 3 > 0).astype(np.float32))),
+  )
+  def test_value_and_site_gradient_before_and_after(self, make_intervention):
+    batch = _batch()
+    batch_size = len(batch["inputs"])
+    intervention = make_intervention(batch_size)
+    params = dict(_params(), offset=jnp.zeros((batch_size, HIDDEN), jnp.float32))
+    model = _with_site_offset(MODEL)
+
+    def site_gradient(term):
+      objective = objectives.compose(term, interventions=lambda run, batch: {SITE: intervention})
+      (_, metrics), grads = jax.value_and_grad(
+          lambda p: _loss(objective, p, batch, model=model), has_aux=True)(params)
+      return float(metrics[f"loss/{term.name}"]), np.asarray(grads["offset"], np.float64)
+
+    hidden = _numpy_hidden(params, batch["inputs"])
+    q = np.asarray(BASIS.vectors, np.float64)
+    if isinstance(intervention, interventions.Ablate):
+      seen, gradient_map = hidden - (hidden @ q.T) @ q, lambda g: g - (g @ q.T) @ q
+    else:
+      mask = np.asarray(intervention.mask, np.float64)
+      seen, gradient_map = hidden, lambda g: g * mask
+    before_value, before_gradient = site_gradient(_half_squared_norm("before", SITE, before=True))
+    after_value, after_gradient = site_gradient(_half_squared_norm("after", SITE, before=False))
+    # 0.5 mean_b |a_b|^2 has gradient a / B in the activation a it reads.
+    np.testing.assert_allclose(before_value, 0.5 * np.mean(np.sum(hidden ** 2, -1)), rtol=1e-5)
+    np.testing.assert_allclose(before_gradient, hidden / batch_size, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(after_value, 0.5 * np.mean(np.sum(seen ** 2, -1)), rtol=1e-5)
+    np.testing.assert_allclose(after_gradient, gradient_map(seen / batch_size), rtol=1e-5, atol=1e-7)
+    self.assertGreater(np.abs(before_gradient - after_gradient).max(), 1e-3)
+
+  def test_one_objective_reads_both_and_the_scanned_gpt_too(self):
+    config = models.GPTConfig(vocab_size=11, max_len=6, d_model=16, num_layers=2, num_heads=2,
+                              scan_layers=True)
+    model = models.gpt(config)
+    params = model.init(jax.random.PRNGKey(0))
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 11, size=(4, 6)), jnp.int32)
+    site = "blocks.1.resid_pre"
+    ablation = interventions.ablate(BASIS)
+    objective = objectives.compose(_half_squared_norm("before", site, before=True),
+                                   _half_squared_norm("after", site, before=False),
+                                   interventions=lambda run, batch: {site: ablation})
+    self.assertEqual((objective.sites_before, objective.sites_after), ((site,), (site,)))
+    _, metrics = _loss(objective, params, {"inputs": tokens}, model=model)
+    _, acts = jax.jit(lambda p: model.forward(p, tokens, capture=[site]))(params)
+    plain = np.asarray(acts[site], np.float64)
+    q = np.asarray(BASIS.vectors, np.float64)
+    ablated = plain - (plain @ q.T) @ q
+    self.assertGreater(np.sum(plain ** 2) / np.sum(ablated ** 2), 1.01)  # the two reads differ
+    np.testing.assert_allclose(metrics["loss/before"], 0.5 * np.mean(np.sum(plain ** 2, -1)), rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss/after"], 0.5 * np.mean(np.sum(ablated ** 2, -1)),
+                               rtol=1e-5)
+
+  def test_sites_before_must_be_among_the_sites(self):
+    with self.assertRaisesRegex(landscape.BadInputError,
+                                r"term 'penalty': sites_before \['hidden_1'\] are not among its sites"):
+      objectives.Term(name="penalty", fn=lambda inputs: 0.0, sites=(SITE,), sites_before=("hidden_1",))
+    made = objectives.term("penalty", sites=[SITE], sites_before=[SITE])(lambda inputs: 0.0)
+    self.assertEqual(made.sites_before, (SITE,))
+
+
 class ShardedTrainingTest(parameterized.TestCase):
 
   @parameterized.named_parameters(

@@ -1,18 +1,22 @@
-"""Interventions at a site: ablate, steer, clamp, scale, and their backward-only variants.
+"""Interventions at a site: ablate, steer, clamp, scale, per-example masks, backward-only variants.
 
 Each is a small pytree (its arrays are leaves, so it can be built from traced values inside a jitted
 step, e.g. a basis refitted during training or a steering magnitude on a schedule) and a function
 ``act (..., D) -> act (..., D)`` acting on the last axis. Pass them to a forward pass as a mapping
-from site name to intervention; the model is not changed.
+from site name to intervention; the model is not changed. Any plain function ``act -> act`` is an
+intervention too, and `BackwardOnly` accepts one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from landscape.sites import Basis
 from landscape.sites import BadInputError
@@ -87,6 +91,105 @@ class SteerExamples:
     return act + jnp.reshape(shift, shift.shape[:1] + (1,) * (act.ndim - 2) + shift.shape[1:])
 
 
+MASK_MODES = ("backward", "forward", "both")
+
+
+def _check_mask_mode(mode: Any, *, what: str) -> None:
+  if mode not in MASK_MODES:
+    raise BadInputError(f"{what}: mode={mode!r}; expected one of {list(MASK_MODES)}")
+
+
+@jax.custom_vjp
+def _mask_gradient(mask: jax.Array, act: jax.Array) -> jax.Array:
+  """Identity forward (bitwise); the cotangent is multiplied by ``mask`` on the way back."""
+  del mask
+  return act
+
+
+def _mask_gradient_forward(mask, act):
+  return act, mask
+
+
+def _mask_gradient_backward(mask, cotangent):
+  return jnp.zeros_like(mask), cotangent * mask
+
+
+_mask_gradient.defvjp(_mask_gradient_forward, _mask_gradient_backward)
+
+
+@jax.custom_vjp
+def _mask_value(mask: jax.Array, act: jax.Array) -> jax.Array:
+  """``act * mask`` forward; the cotangent passes back unmasked (straight through)."""
+  return act * mask
+
+
+def _mask_value_forward(mask, act):
+  return act * mask, mask
+
+
+def _mask_value_backward(mask, cotangent):
+  return jnp.zeros_like(mask), cotangent
+
+
+_mask_value.defvjp(_mask_value_forward, _mask_value_backward)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskExamples:
+  """Multiplies example b's activation by its own mask, forward, backward only, or both.
+
+  The per-example multiplicative counterpart of `SteerExamples`; ``mode="backward"`` is gradient
+  routing (Cloud et al., 2024, "Gradient Routing", arXiv 2410.04332).
+
+  Shapes: ``mask`` is (B,) (one factor per example, every coordinate), (B, D) (one per example and
+  coordinate, the same at every position of a (B, T, D) site), or the activation's own shape
+  (B, ..., D) (one per position too). A 2-D mask is always (B, D).
+
+  Modes:
+    "backward": gradient routing. The forward value is ``act``, bitwise; the gradient reaching the
+      site is multiplied by the mask, as through ``mask * act + stop_gradient((1 - mask) * act)``.
+      With a 0/1 mask, example b's loss reaches only the parameters behind the coordinates where
+      ``mask[b]`` is 1: upstream weights writing a coordinate masked for b get no gradient from b.
+    "forward": the value is ``mask * act``; the gradient passes back unmasked (straight through).
+    "both": ``mask * act``, an ordinary product: value and gradient both multiplied.
+  The mask is held fixed: no gradient reaches it in any mode.
+  """
+
+  mask: jax.Array
+  mode: str = dataclasses.field(default="backward", metadata=dict(static=True))
+
+  @property
+  def width(self) -> int | None:
+    return self.mask.shape[-1] if jnp.ndim(self.mask) >= 2 else None
+
+  def __call__(self, act: jax.Array) -> jax.Array:
+    _check_mask_mode(self.mode, what="MaskExamples")
+    mask = jnp.asarray(self.mask)
+    if mask.ndim == 0:
+      raise BadInputError(f"MaskExamples: mask has shape {mask.shape}; expected (B,), (B, D) or the "
+                          f"activation's shape (B, ..., D), here {act.shape}")
+    if mask.shape[0] != act.shape[0]:
+      raise BadInputError(f"MaskExamples: mask has shape {mask.shape}, {mask.shape[0]} examples, for "
+                          f"a batch of {act.shape[0]} (activation shape {act.shape})")
+    if mask.ndim > 2 and mask.shape != act.shape:
+      raise BadInputError(f"MaskExamples: mask has shape {mask.shape}; a mask of more than 2 axes "
+                          f"must have the activation's shape {act.shape}")
+    if mask.ndim == 2 and mask.shape[1] != act.shape[-1]:
+      raise BadInputError(f"MaskExamples: mask has shape {mask.shape}, width {mask.shape[1]}, for an "
+                          f"activation of width {act.shape[-1]} (shape {act.shape})")
+    if mask.ndim == 1:
+      mask = jnp.reshape(mask, mask.shape + (1,) * (act.ndim - 1))
+    elif mask.ndim == 2:
+      mask = jnp.reshape(mask, mask.shape[:1] + (1,) * (act.ndim - 2) + mask.shape[1:])
+    mask = jnp.broadcast_to(jax.lax.stop_gradient(mask).astype(act.dtype), act.shape)
+    if self.mode == "backward":
+      return _mask_gradient(mask, act)
+    if self.mode == "forward":
+      return _mask_value(mask, act)
+    return act * mask
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class Clamp:
@@ -125,32 +228,41 @@ class Scale:
     return act + (coordinates * _broadcast_last(gains - 1, coordinates)) @ basis
 
 
-@jax.custom_vjp
-def _backward_only(intervention: Any, act: jax.Array) -> jax.Array:
-  del intervention
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _backward_only(function: Callable[..., jax.Array], act: jax.Array, *consts: Any) -> jax.Array:
+  del function, consts
   return act
 
 
-def _backward_only_forward(intervention, act):
-  return act, (intervention, act)
+def _backward_only_forward(function, act, *consts):
+  del function
+  return act, (act, consts)
 
 
-def _backward_only_backward(residuals, cotangent):
-  intervention, act = residuals
-  _, pullback = jax.vjp(intervention, act)
-  return jax.tree_util.tree_map(jnp.zeros_like, intervention), pullback(cotangent)[0]
+def _backward_only_backward(function, residuals, cotangent):
+  act, consts = residuals
+  _, pullback = jax.vjp(lambda a: function(a, *consts), act)
+  return (pullback(cotangent)[0],) + tuple(jax.tree_util.tree_map(jnp.zeros_like, consts))
 
 
 _backward_only.defvjp(_backward_only_forward, _backward_only_backward)
 
 
-@jax.tree_util.register_dataclass
+def _is_array(leaf: Any) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, bool, complex))
+
+
+@jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True, eq=False)
 class BackwardOnly:
   """Leaves the forward value exactly as it is; the gradient flows back as through ``inner``.
 
   For a linear intervention this projects the gradient reaching the site: ``BackwardOnly(Ablate(Q))``
-  removes the gradient's component along Q and nothing else.
+  removes the gradient's component along Q and nothing else. ``inner`` is any intervention: one of
+  this module's pytrees (its arrays may be traced) or a plain function ``act -> act``, closures over
+  traced values included. Nothing flows back into ``inner``'s own arrays.
+
+  As a pytree, the array leaves of ``inner`` are children and anything else (a function) is static.
   """
 
   inner: Any
@@ -160,7 +272,25 @@ class BackwardOnly:
     return getattr(self.inner, "width", None)
 
   def __call__(self, act: jax.Array) -> jax.Array:
-    return _backward_only(self.inner, act)
+    if not callable(self.inner):
+      raise BadInputError(f"BackwardOnly: inner is a {type(self.inner).__name__} "
+                          f"({self.inner!r}); pass an intervention or a function act -> act")
+    # Closure conversion hoists the traced values ``inner`` closes over (its arrays, or a plain
+    # function's captured tracers) into explicit arguments, as custom_vjp requires.
+    function, consts = jax.closure_convert(self.inner, act)
+    return _backward_only(function, act, *consts)
+
+  def tree_flatten(self):
+    leaves, treedef = jax.tree_util.tree_flatten(self.inner)
+    arrays = [leaf for leaf in leaves if _is_array(leaf)]
+    statics = tuple(None if _is_array(leaf) else leaf for leaf in leaves)
+    return arrays, (treedef, statics)
+
+  @classmethod
+  def tree_unflatten(cls, aux, arrays):
+    treedef, statics = aux
+    arrays = iter(arrays)
+    return cls(treedef.unflatten([next(arrays) if static is None else static for static in statics]))
 
 
 @jax.custom_vjp
@@ -211,6 +341,33 @@ def steer_examples(vectors_BxD: jax.Array, alpha: float | jax.Array, *,
   """Adds ``alpha * vectors_BxD[b]`` to each example b: a steering vector per example."""
   intervention = SteerExamples(jnp.asarray(vectors_BxD), jnp.asarray(alpha, jnp.float32))
   return BackwardOnly(intervention) if backward_only else intervention
+
+
+def mask_examples(mask: jax.Array, *, mode: str = "both") -> MaskExamples:
+  """Multiplies each example's activation by its row of ``mask``: (B,), (B, D) or (B, ..., D).
+
+  ``mode`` is "both" (an ordinary product, the default), "backward" (forward value unchanged, the
+  gradient masked: gradient routing, see `route_gradients`) or "forward" (value masked, gradient
+  passed straight through). See `MaskExamples`.
+  """
+  _check_mask_mode(mode, what="mask_examples")
+  mask = jnp.asarray(mask)
+  if mask.ndim == 0:
+    raise BadInputError(f"mask_examples: mask has shape {mask.shape}; expected (B,), (B, D) or the "
+                        "activation's shape (B, ..., D)")
+  return MaskExamples(mask, mode)
+
+
+def route_gradients(mask: jax.Array) -> MaskExamples:
+  """Gradient routing (Cloud et al., 2024, arXiv 2410.04332) at a site, one mask row per example.
+
+  The forward pass is unchanged, bitwise; the gradient reaching the site from example b is
+  multiplied by ``mask[b]`` ((B,), (B, D), or the activation's shape), as through
+  ``mask * act + stop_gradient((1 - mask) * act)``. With a 0/1 mask chosen from each example's data
+  (its label, its domain), example b trains only the parameters behind its unmasked coordinates.
+  ``mask_examples(mask, mode="backward")``.
+  """
+  return mask_examples(mask, mode="backward")
 
 
 def clamp(direction: jax.Array, value: float | jax.Array, *, backward_only: bool = False

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from landscape.sites import ALL_SITES
 from landscape.sites import ParamLink
 from landscape.sites import Sites
 from landscape.sites import check_site_names
@@ -45,17 +46,25 @@ class Model:
 
   def forward(self, params: Params, inputs: Any, *,
               interventions: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None,
-              capture: Iterable[str] | str = ()) -> tuple[Any, dict[str, jax.Array]]:
+              capture: Iterable[str] | str = (),
+              capture_before: Iterable[str] | str = ()) -> tuple[Any, dict[str, jax.Array]]:
     """Runs the model with interventions at sites and returns (outputs, captured activations).
 
-    Site names are checked against `site_names` before anything is traced.
+    ``capture`` names the sites read after their interventions (what the rest of the model sees),
+    under their own names. ``capture_before`` names sites read as they arrived, before their
+    interventions, under ``landscape.sites.before_interventions(name)`` (``name + "@before"``).
+    Either may be "all". Site names and interventions' signatures are checked before anything is
+    traced.
     """
     interventions = dict(interventions or {})
     self.check_sites(interventions, what=f"{self.name}: interventions")
-    if capture != "all":
+    if capture != ALL_SITES:
       capture = tuple(capture)
       self.check_sites(capture, what=f"{self.name}: capture")
-    sites = Sites(interventions, capture)
+    if capture_before != ALL_SITES:
+      capture_before = tuple(capture_before)
+      self.check_sites(capture_before, what=f"{self.name}: capture_before")
+    sites = Sites(interventions, capture, capture_before)
     outputs = self.apply(params, inputs, sites)
     return outputs, sites.captured
 

@@ -15,6 +15,7 @@ from landscape.objectives._composition import RunView
 from landscape.objectives._composition import Term
 from landscape.objectives._composition import TermInputs
 from landscape.objectives._composition import chain_interventions
+from landscape.objectives._composition import check_interventions_fn
 from landscape.objectives._composition import compose
 from landscape.objectives._composition import hyperparameter
 from landscape.objectives._composition import term

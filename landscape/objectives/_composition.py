@@ -11,6 +11,7 @@ value, unweighted, while the model gets the weighted one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -20,6 +21,8 @@ import optax
 
 from landscape.sites import Intervention
 from landscape.sites import BadInputError
+from landscape.sites import before_interventions
+from landscape.sites import check_intervention
 
 TermFn = Callable[["TermInputs"], Any]
 
@@ -42,6 +45,39 @@ class RunView(NamedTuple):
 # (run, batch) -> site -> intervention: the one signature of training interventions (an objective's
 # and a term's) and of evaluation-time ones.
 InterventionsFn = Callable[[RunView, Mapping[str, Any]], Mapping[str, Intervention]]
+
+
+def check_interventions_fn(fn: Any, *, what: str) -> None:
+  """Raises BadInputError unless ``fn`` is callable as ``(run, batch) -> {site: intervention}``.
+
+  Checked with `inspect.signature`, before anything is traced; signatures it cannot read pass.
+  """
+  if not callable(fn):
+    raise BadInputError(f"{what}: interventions is a {type(fn).__name__} ({fn!r}), not a function "
+                        "(run, batch) -> {site: intervention}")
+  try:
+    signature = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return
+  try:
+    signature.bind(None, None)
+  except TypeError as error:
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    raise BadInputError(
+        f"{what}: interventions {name} has signature {signature}; expected (run, batch) -> "
+        f"{{site: intervention}}, with run a RunView and batch the batch ({error})") from None
+
+
+def _call_interventions_fn(fn: InterventionsFn, run: RunView, batch: Mapping[str, Any], *,
+                           what: str) -> Mapping[str, Intervention]:
+  chosen = fn(run, batch)
+  if not isinstance(chosen, Mapping):
+    raise BadInputError(f"{what}: interventions returned a {type(chosen).__name__} ({chosen!r}); "
+                        "expected a mapping {site: intervention}")
+  # Checked here, where each is still on its own: chained with another at its site it would not be.
+  for site, intervention in chosen.items():
+    check_intervention(site, intervention)
+  return chosen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +123,8 @@ class TermInputs(NamedTuple):
   """What a loss term sees at one training step.
 
   outputs: the model's outputs (logits) for ``batch["inputs"]``, with the training interventions.
-  acts: site name -> captured activation, for the sites the term declared.
+  acts: site name -> captured activation, for the sites the term declared: after the site's
+    interventions (what the rest of the model saw), or before them for the term's ``sites_before``.
   batch: the training batch.
   params: the model's parameters.
   state: the term's own state (None when it has none).
@@ -95,8 +132,9 @@ class TermInputs(NamedTuple):
     term states (held fixed), read-only.
   step: the training step (int32 scalar), ``run.step``.
   rng: a key for this term at this step.
-  forward: ``forward(params, inputs, *, interventions=None, capture=()) -> (outputs, acts)`` reruns
-    the model with the training interventions plus any given (input gradients, counterfactuals).
+  forward: ``forward(params, inputs, *, interventions=None, capture=(), capture_before=()) ->
+    (outputs, acts)`` reruns the model with the training interventions plus any given (input
+    gradients, counterfactuals); see `Model.forward`.
   """
 
   outputs: Any
@@ -119,7 +157,12 @@ class Term:
       ``{name}/{metric}``.
     fn: TermInputs -> scalar, or (scalar, metrics dict).
     weight: a float, an optax schedule of the step, or a `hyperparameter` (one value per run).
-    sites: the sites whose activations ``fn`` reads from ``acts``.
+    sites: the sites whose activations ``fn`` reads from ``acts``. By default ``acts[site]`` is the
+      activation after the site's interventions, the value the rest of the model saw.
+    sites_before: those of ``sites`` that ``fn`` reads before the site's interventions (an unrouted
+      penalty on a routed latent, say): ``acts[site]`` is then the activation as it reached the
+      site. Gradients flow through what is read: a penalty read before a backward-only intervention
+      is not routed by it.
     init: (key, params) -> the term's own state, or None.
     optimizer: trains that state on the gradient of ``fn``'s value (required with a
       differentiable state; None for state that only ``refresh`` changes).
@@ -135,16 +178,38 @@ class Term:
   init: Callable[[jax.Array, Any], Any] | None = None
   optimizer: optax.GradientTransformation | None = None
   interventions: InterventionsFn | None = None
+  sites_before: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if isinstance(self.sites, str) or isinstance(self.sites_before, str):
+      raise BadInputError(f"term {self.name!r}: sites={self.sites!r}, sites_before="
+                          f"{self.sites_before!r}; expected sequences of site names")
+    object.__setattr__(self, "sites", tuple(self.sites))
+    object.__setattr__(self, "sites_before", tuple(self.sites_before))
+    not_read = sorted(set(self.sites_before) - set(self.sites))
+    if not_read:
+      raise BadInputError(f"term {self.name!r}: sites_before {not_read} are not among its sites "
+                          f"{list(self.sites)}")
+    if self.interventions is not None:
+      check_interventions_fn(self.interventions, what=f"term {self.name!r}")
 
   def weight_at(self, run: RunView) -> jax.Array:
     return value_at(self.weight, run.step, run.hparams)
 
+  def capture_key(self, site: str) -> str:
+    """The key of ``site``'s activation for this term in the forward pass's captures."""
+    return before_interventions(site) if site in self.sites_before else site
 
-def term(name: str, *, weight: Weight = 1.0, sites: Sequence[str] = ()) -> Callable[[TermFn], Term]:
-  """Decorator: ``@term("smooth", weight=0.1, sites=["hidden_0"])`` over a function of TermInputs."""
+
+def term(name: str, *, weight: Weight = 1.0, sites: Sequence[str] = (),
+         sites_before: Sequence[str] = ()) -> Callable[[TermFn], Term]:
+  """Decorator: ``@term("smooth", weight=0.1, sites=["hidden_0"])`` over a function of TermInputs.
+
+  ``sites_before`` (a subset of ``sites``) are read before the sites' interventions.
+  """
 
   def wrap(fn: TermFn) -> Term:
-    return Term(name=name, fn=fn, weight=weight, sites=tuple(sites))
+    return Term(name=name, fn=fn, weight=weight, sites=tuple(sites), sites_before=tuple(sites_before))
 
   return wrap
 
@@ -182,10 +247,23 @@ class Objective:
     for t in self.terms:
       if not isinstance(t, Term):
         raise BadInputError(f"objective: expected Term values, got {type(t).__name__}: {t!r}")
+    if self.interventions is not None:
+      check_interventions_fn(self.interventions, what="objective")
 
   @property
   def sites(self) -> tuple[str, ...]:
+    """Every site a term reads, before or after its interventions."""
     return tuple(sorted({site for t in self.terms for site in t.sites}))
+
+  @property
+  def sites_after(self) -> tuple[str, ...]:
+    """The sites some term reads after their interventions (the default)."""
+    return tuple(sorted({site for t in self.terms for site in t.sites if site not in t.sites_before}))
+
+  @property
+  def sites_before(self) -> tuple[str, ...]:
+    """The sites some term reads before their interventions."""
+    return tuple(sorted({site for t in self.terms for site in t.sites_before}))
 
   @property
   def stateful_terms(self) -> tuple[Term, ...]:
@@ -209,8 +287,10 @@ class Objective:
     """
     run = run._replace(term_states=jax.lax.stop_gradient(dict(run.term_states)))
     merged: dict[str, Intervention] = {}
-    sources = [self.interventions(run, batch)] if self.interventions is not None else []
-    sources += [t.interventions(run, batch) for t in self.terms if t.interventions is not None]
+    sources = ([_call_interventions_fn(self.interventions, run, batch, what="objective")]
+               if self.interventions is not None else [])
+    sources += [_call_interventions_fn(t.interventions, run, batch, what=f"term {t.name!r}")
+                for t in self.terms if t.interventions is not None]
     for source in sources:
       for site, intervention in source.items():
         merged[site] = chain_interventions(merged[site], intervention) if site in merged else intervention
@@ -228,18 +308,21 @@ class Objective:
     run = run._replace(term_states=jax.lax.stop_gradient(dict(term_states)))
     interventions = self.training_interventions(run, batch)
 
-    def forward(forward_params, inputs, *, interventions=None, capture=()):
+    def forward(forward_params, inputs, *, interventions=None, capture=(), capture_before=()):
       merged = dict(self.training_interventions(run, batch))
       for site, intervention in (interventions or {}).items():
+        check_intervention(site, intervention)
         merged[site] = chain_interventions(merged[site], intervention) if site in merged else intervention
-      return model.forward(forward_params, inputs, interventions=merged, capture=capture)
+      return model.forward(forward_params, inputs, interventions=merged, capture=capture,
+                           capture_before=capture_before)
 
     outputs, acts = model.forward(params, batch["inputs"], interventions=interventions,
-                                  capture=self.sites)
+                                  capture=self.sites_after, capture_before=self.sites_before)
     total = jnp.zeros((), jnp.float32)
     metrics: dict[str, jax.Array] = {}
     for index, t in enumerate(self.terms):
-      inputs = TermInputs(outputs=outputs, acts={s: acts[s] for s in t.sites}, batch=batch,
+      term_acts = {site: acts[t.capture_key(site)] for site in t.sites}
+      inputs = TermInputs(outputs=outputs, acts=term_acts, batch=batch,
                           params=params, state=term_states.get(t.name), run=run, step=run.step,
                           rng=jax.random.fold_in(rng, index), forward=forward)
       weight = t.weight_at(run)

@@ -18,4 +18,6 @@ from landscape.sites._sites import ScopedSites
 from landscape.sites._sites import Sites
 from landscape.sites._sites import UnknownSiteError
 from landscape.sites._sites import apply_intervention
+from landscape.sites._sites import before_interventions
+from landscape.sites._sites import check_intervention
 from landscape.sites._sites import check_site_names
