@@ -5,7 +5,7 @@ them (`project_out`, `project_onto`, `scale_along`, `attribute`), intervene on a
 (`interventions`), and reshape the loss with auxiliary objectives over them (`objectives`).
 
 Subpackages, lowest floor first: `sites`, `data`, `models`, `directions`, `interventions`,
-`transforms`, `objectives`, `training`, `analysis`. Experiments: `landscape.supervised`,
+`transforms`, `sae`, `objectives`, `training`, `analysis`. Experiments: `landscape.supervised`,
 `landscape.block_vs_reshape`, `landscape.benchmark` (each has ``run(config, workdir)``).
 """
 
@@ -15,6 +15,7 @@ from landscape import directions
 from landscape import interventions
 from landscape import models
 from landscape import objectives
+from landscape import sae
 from landscape import sites
 from landscape import training
 from landscape import transforms

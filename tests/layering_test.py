@@ -7,7 +7,7 @@ from absl.testing import absltest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "landscape")
 # Lowest first. The experiments (block_vs_reshape, supervised, benchmark, cli, inspect) sit on top.
-FLOORS = ["sites", "data", "models", "directions", "interventions", "transforms", "objectives",
+FLOORS = ["sites", "data", "models", "directions", "interventions", "transforms", "sae", "objectives",
           "training", "analysis"]
 FORBIDDEN = {"transforms": {"models", "training"}}
 

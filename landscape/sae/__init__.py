@@ -1,0 +1,94 @@
+"""Sparse autoencoders: architectures, losses, training recipes, metrics, SAELens files, and SAE
+features as directions.
+
+An SAE is a pytree of ``W_enc`` (D, F), ``b_enc`` (F,), ``W_dec`` (F, D), ``b_dec`` (D,) and, for
+JumpReLU and BatchTopK, a threshold, with ``encode``, ``decode`` and ``__call__``:
+
+    sae = sae_lib.init_sae(key, "topk", d_in=64, d_sae=1024, k=8)
+    sae = sae_lib.init_b_dec(sae, acts, "geometric_median")
+    optimizer = sae_lib.unit_norm_decoder(optax.adam(1e-3))
+    (loss, aux), grads = jax.value_and_grad(sae_lib.topk_loss, has_aux=True)(
+        sae, acts, dead=sae_lib.dead_latents(firing, 10_000_000))
+    updates, opt_state = optimizer.update(grads, opt_state, sae)
+    sae = optax.apply_updates(sae, updates)
+    firing = sae_lib.update_firing(firing, aux.fired, acts.shape[0])
+
+Many SAEs of one shape train in one program by `stack_saes` and `jax.vmap` of the step.
+"""
+
+from landscape.sae._architectures import ARCHITECTURES
+from landscape.sae._architectures import SAE
+from landscape.sae._architectures import BatchTopKSAE
+from landscape.sae._architectures import JumpReLUSAE
+from landscape.sae._architectures import StandardSAE
+from landscape.sae._architectures import TopKSAE
+from landscape.sae._architectures import heaviside_step
+from landscape.sae._architectures import init_sae
+from landscape.sae._architectures import jumprelu
+from landscape.sae._features import ClampCodes
+from landscape.sae._features import FeatureLabels
+from landscape.sae._features import ablate_features
+from landscape.sae._features import clamp_codes
+from landscape.sae._features import clamp_feature
+from landscape.sae._features import feature_basis
+from landscape.sae._features import feature_directions
+from landscape.sae._features import feature_labels
+from landscape.sae._features import select_features
+from landscape.sae._features import steer_feature
+from landscape.sae._losses import LOSSES
+from landscape.sae._losses import LossAux
+from landscape.sae._losses import SAEMetrics
+from landscape.sae._losses import auxk_loss
+from landscape.sae._losses import batchtopk_loss
+from landscape.sae._losses import jumprelu_loss
+from landscape.sae._losses import loss_for
+from landscape.sae._losses import standard_loss
+from landscape.sae._losses import topk_loss
+from landscape.sae._metrics import DensityCounts
+from landscape.sae._metrics import DensityHistogram
+from landscape.sae._metrics import DownstreamMetrics
+from landscape.sae._metrics import cross_entropy
+from landscape.sae._metrics import dead_fraction
+from landscape.sae._metrics import density_histogram
+from landscape.sae._metrics import downstream_metrics
+from landscape.sae._metrics import feature_density
+from landscape.sae._metrics import fraction_variance_explained
+from landscape.sae._metrics import kl_divergence
+from landscape.sae._metrics import l0
+from landscape.sae._metrics import model_logits_with
+from landscape.sae._metrics import normalized_mse
+from landscape.sae._metrics import update_density
+from landscape.sae._metrics import zero_ablation
+from landscape.sae._saelens import CONFIG_FILENAME
+from landscape.sae._saelens import WEIGHTS_FILENAME
+from landscape.sae._saelens import LoadedSAE
+from landscape.sae._saelens import SAEFileError
+from landscape.sae._saelens import check_sae_width
+from landscape.sae._saelens import load_saelens
+from landscape.sae._saelens import save_saelens
+from landscape.sae._stacking import stack_saes
+from landscape.sae._stacking import unstack_saes
+from landscape.sae._topk import TWO_STAGE_MIN_WIDTH
+from landscape.sae._topk import top_k
+from landscape.sae._topk import two_stage_top_k
+from landscape.sae._topk import uses_two_stages
+from landscape.sae._training import B_DEC_METHODS
+from landscape.sae._training import FiringState
+from landscape.sae._training import dead_latents
+from landscape.sae._training import fold_normalization
+from landscape.sae._training import geometric_median
+from landscape.sae._training import init_b_dec
+from landscape.sae._training import initial_b_dec
+from landscape.sae._training import k_annealing
+from landscape.sae._training import map_saes
+from landscape.sae._training import normalization_scale
+from landscape.sae._training import normalize_decoder_rows
+from landscape.sae._training import project_decoder_gradient
+from landscape.sae._training import remove_parallel_decoder_gradient
+from landscape.sae._training import renormalize_decoder
+from landscape.sae._training import resample_dead_latents
+from landscape.sae._training import reset_latent_moments
+from landscape.sae._training import unit_norm_decoder
+from landscape.sae._training import update_batchtopk_threshold
+from landscape.sae._training import update_firing
+from landscape.sae._training import zero_latents
