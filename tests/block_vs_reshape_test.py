@@ -174,7 +174,7 @@ class PiecesTest(parameterized.TestCase):
 
   def test_gated_rows_keep_only_the_chosen_site(self):
     basis = make_basis(np.eye(2, 5), site="hidden_0")
-    run = objectives.RunView(step=jnp.asarray(0), hparams={"site": jnp.asarray(1.0)},
+    run = objectives.RunView(step=jnp.asarray(0), hparams={"site": jnp.asarray(1, jnp.int32)},
                              refreshed={"concept_basis/hidden_0": basis}, term_states={})
     np.testing.assert_array_equal(_arms._gated_rows(run, 0, "hidden_0"), np.zeros((2, 5)))
     np.testing.assert_array_equal(_arms._gated_rows(run, 1, "hidden_0"), basis.vectors)
@@ -192,7 +192,8 @@ class PiecesTest(parameterized.TestCase):
     task = _tasks.build_task("decoy_digits", config)
     for arm in ("ablate_fixed", "ablate_refit", "project_fixed", "project_refit"):
       plan = block_vs_reshape.plan_arm(arm, task, config)
-      self.assertEqual(plan.grid, [{"site": 0.0}, {"site": 1.0}])
+      self.assertEqual(plan.grid, [{"site": 0}, {"site": 1}])
+      self.assertTrue(all(type(point["site"]) is int for point in plan.grid))
       expected = config.refit_every if arm.endswith("refit") else 0
       self.assertEqual([refresher.every for refresher in plan.refreshers], [expected, expected])
     with self.assertRaisesRegex(ConfigError, r"unknown arm 'ablate'"):

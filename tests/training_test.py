@@ -171,6 +171,44 @@ class GridAndEvaluatorsTest(absltest.TestCase):
     np.testing.assert_allclose(rows[-1]["probe/kernel_norm"], final, rtol=1e-5)
 
 
+class HyperparameterTypesTest(parameterized.TestCase):
+
+  def test_an_integer_grid_value_is_an_int32_choice_and_a_float_stays_float32(self):
+    seen = {}
+
+    @objectives.term("chosen_row")
+    def chosen_row(inputs):
+      seen["index"], seen["strength"] = inputs.run.hparams["index"], inputs.run.hparams["strength"]
+      row = jnp.take(inputs.params["hidden"]["kernel"], inputs.run.hparams["index"], axis=0)
+      return inputs.run.hparams["strength"] * jnp.sum(row ** 2)
+
+    grid = [{"index": 0, "strength": 1.0}, {"index": 3, "strength": 1.0}]
+    result, _ = _train(_config(steps=10, num_seeds=1),
+                       objectives.compose(objectives.cross_entropy(), chosen_row), hparam_grid=grid)
+    self.assertEqual((seen["index"].dtype, seen["strength"].dtype), (jnp.int32, jnp.float32))
+    hparams = training.fetch(result.state.hparams)
+    np.testing.assert_array_equal(hparams["index"], np.asarray([0, 3], np.int32))
+    self.assertEqual(hparams["index"].dtype, np.int32)
+    self.assertEqual(result.summary["runs"], [{"seed": 0, "index": 0, "strength": 1.0},
+                                              {"seed": 0, "index": 3, "strength": 1.0}])
+
+  @parameterized.named_parameters(
+      ("different_names", [{"a": 1.0}, {"b": 1.0}], r"hparam_grid\[1\] names \['b'\], "
+                                                    r"hparam_grid\[0\] names \['a'\]"),
+      ("mixed_types", [{"a": 1}, {"a": 0.5}], r"'a' is an integer at some points and not at others"),
+      ("not_finite", [{"a": float("nan")}], r"hparam_grid\[0\]\['a'\]=nan: not finite"),
+      ("not_a_number", [{"a": "big"}], r"hyper-parameter 'a'='big' \(str\)"),
+      ("seed", [{"seed": 3}], r"hparam_grid\[0\] names 'seed'"),
+      ("empty", [], r"hparam_grid=\[\]: expected a non-empty list"),
+  )
+  def test_a_grid_that_cannot_be_one_program_is_refused_before_anything_is_written(self, grid,
+                                                                                    pattern):
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    with self.assertRaisesRegex(landscape.BadInputError, pattern):
+      training.train(_config(), workdir, hparam_grid=grid, **_plain_training())
+    self.assertFalse(os.path.exists(workdir))
+
+
 class OutputsTest(absltest.TestCase):
 
   def test_metrics_summary_and_evaluation(self):

@@ -181,9 +181,10 @@ def _concept_penalty(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
 
 
 def _site_grid(task: Task, config: ml_collections.ConfigDict) -> Grid:
-  """Which of the task's two blocking sites to block at (one program holds both)."""
+  """Which of the task's blocking sites to block at, as an index into ``task.block_sites`` (an int32
+  hyper-parameter: one program holds runs blocking at each site)."""
   del config
-  return [{"site": float(index)} for index in range(len(task.block_sites))]
+  return [{"site": index} for index in range(len(task.block_sites))]
 
 
 def _weight_grid(arm: str) -> Callable[[Task, ml_collections.ConfigDict], Grid]:
@@ -237,13 +238,24 @@ def shortcut_following(logits: jax.Array, batch: Mapping[str, Any]) -> tuple[jax
 EVAL_METRICS = dict(objectives.CLASSIFICATION_METRICS, shortcut=shortcut_following)
 
 
-def decodability_evaluator(task: Task, plan: ArmPlan, config: ml_collections.ConfigDict):
-  """The arm's decodability probes, at every site of the model, as the model is deployed (with the
-  arm's evaluation-time interventions)."""
-  measure = directions.make_decodability(
+def make_task_decodability(task: Task, config: ml_collections.ConfigDict,
+                           eval_interventions: objectives.InterventionsFn | None = None):
+  """The task's decodability measurement at every site of the model, as deployed with
+  ``eval_interventions``. Arms that deploy the model alike may share one: its program is compiled
+  once, for one run, whatever the arm's number of runs."""
+  return directions.make_decodability(
       task.model, task.dataset.eval_sets["val_ood"], field="concept", sites=task.model.site_names,
       position=task.position, heldout_fraction=0.5, l2=config.decodability_l2,
-      steps=config.decodability_steps, interventions=plan.eval_interventions)
+      steps=config.decodability_steps, interventions=eval_interventions)
+
+
+def decodability_evaluator(task: Task, plan: ArmPlan, config: ml_collections.ConfigDict,
+                           measure=None):
+  """The arm's decodability probes, at every site of the model, as the model is deployed (with the
+  arm's evaluation-time interventions). ``measure``: a `make_task_decodability` to reuse (it must
+  have been made with the plan's evaluation-time interventions), or None to make one."""
+  if measure is None:
+    measure = make_task_decodability(task, config, plan.eval_interventions)
 
   def evaluate(params, run):
     result = measure(params, run if plan.eval_interventions is not None else None)

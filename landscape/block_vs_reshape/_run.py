@@ -18,6 +18,7 @@ from landscape.block_vs_reshape import _sample_efficiency as sample_efficiency
 from landscape.block_vs_reshape._arms import ARMS
 from landscape.block_vs_reshape._arms import EVAL_METRICS
 from landscape.block_vs_reshape._arms import decodability_evaluator
+from landscape.block_vs_reshape._arms import make_task_decodability
 from landscape.block_vs_reshape._arms import plan_arm
 from landscape.block_vs_reshape._schedule import loop_config
 from landscape.block_vs_reshape._schedule import settings_identity
@@ -49,8 +50,14 @@ def arm_identity(task: Task, arm: str, config: ml_collections.ConfigDict) -> dic
                                                     "decodability_steps", "decodability_l2")})
 
 
-def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Trains one arm (all its grid points and seeds in one program) unless it already finished."""
+def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: str, *,
+            deployed_measure=None) -> None:
+  """Trains one arm (all its grid points and seeds in one program) unless it already finished.
+
+  ``deployed_measure``: the task's decodability measurement without evaluation-time interventions
+  (`make_task_decodability`), shared by the arms that deploy the model unchanged so its program is
+  compiled once per task; None makes the arm its own.
+  """
   arm_dir = os.path.join(workdir, task.name, arm)
   plan = plan_arm(arm, task, config)
   loop = loop_config(config, task.steps, task.batch_size, arm_identity(task, arm, config))
@@ -63,7 +70,9 @@ def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: st
                           optimizer=plan.optimizer, dataset=plan.dataset, refreshers=plan.refreshers,
                           optimizer_extra_args=plan.optimizer_extra_args, eval_metrics=EVAL_METRICS,
                           eval_interventions=plan.eval_interventions,
-                          evaluators=[decodability_evaluator(task, plan, config)],
+                          evaluators=[decodability_evaluator(
+                              task, plan, config,
+                              deployed_measure if plan.eval_interventions is None else None)],
                           hparam_grid=hparam_grid)
   if plan.refreshers:
     first_run = jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(
@@ -116,8 +125,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                        example_inputs=task.dataset.example_batch(2)["inputs"])
     # One arm at a time: orbax's asynchronous checkpoints of two arms trained on two threads of
     # one process deadlock (their commits signal through process-wide keys).
+    deployed_measure = make_task_decodability(task, config)
     for arm in arms:
-      run_arm(task, arm, config, workdir)
+      run_arm(task, arm, config, workdir, deployed_measure=deployed_measure)
   efficiency = None
   if config.sample_efficiency.enabled:
     efficiency = sample_efficiency.run(config, os.path.join(workdir, "sample_efficiency"))

@@ -5,11 +5,12 @@ chosen site on a train split of an evaluation set and scored on the held-out res
 (the held-out rate of the training majority class). A concept blocked at one site that is decodable
 at another has come back there.
 
-Everything after the host-side bookkeeping is one jitted function: the model's forward pass over the
-set in fixed-size chunks (`jax.lax.map`, keeping only the chosen rows), then a probe per site. It is
-vmapped over a leading run axis of the params, so S seeds trained together are measured together:
-`make_decodability(...)(stacked_params)` gives (S, num_sites) accuracies, compiled once and reused
-for every later call with params of the same shapes.
+Everything after the host-side bookkeeping is one jitted function of one run's params: the model's
+forward pass over the set in fixed-size chunks (`jax.lax.map`, keeping only the chosen rows), then a
+probe per site. `make_decodability(...)(stacked_params)` calls it on each of S runs trained together
+and gives (S, num_sites) accuracies; it is compiled once, for one run, and reused for every later
+call with params of the same shapes, whatever S is (arms of an experiment with different numbers of
+runs share one program).
 
 The split is by example (every row of an example falls on the same side), fixed by ``seed``, and
 identical for every run and site of a layout.
@@ -187,7 +188,7 @@ class _DecodabilityFn:
           heldout_accuracy.append(accuracies[1])
       return jnp.stack(train_accuracy), jnp.stack(heldout_accuracy)
 
-    return jax.jit(jax.vmap(one_run, in_axes=(0, 0, None, None, None, None, None)))
+    return jax.jit(one_run)
 
   def __call__(self, stacked_params: Any, stacked_run: Any = None) -> Decodability:
     """(S, num_sites) held-out accuracies for params with a leading run axis S.
@@ -208,11 +209,15 @@ class _DecodabilityFn:
       self._compiled[key] = (self._build(layouts, num_classes), chunks, layouts, num_classes)
     compiled, chunks, layouts, num_classes = self._compiled[key]
     per_layout = lambda name: [jnp.asarray(getattr(layout, name)) for layout in layouts]
-    train_accuracy, heldout_accuracy = compiled(stacked_params,
-                                                {} if stacked_run is None else stacked_run,
-                                                chunks, per_layout("local_rows"),
-                                                per_layout("labels"), per_layout("train"),
-                                                per_layout("heldout"))
+    row_arrays = (chunks, per_layout("local_rows"), per_layout("labels"), per_layout("train"),
+                  per_layout("heldout"))
+    stacked_run = {} if stacked_run is None else stacked_run
+    num_runs = jax.tree_util.tree_leaves(stacked_params)[0].shape[0]
+    run_of = lambda tree, index: jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
+    per_run = [compiled(run_of(stacked_params, index), run_of(stacked_run, index), *row_arrays)
+               for index in range(num_runs)]
+    train_accuracy = np.stack([np.asarray(train) for train, _ in per_run])
+    heldout_accuracy = np.stack([np.asarray(heldout) for _, heldout in per_run])
     # The compiled function reports sites layout by layout; put them back in the requested order.
     sizes = [len(layout.plan.sites) for layout in layouts]
     order = [site for layout in layouts for site in layout.plan.sites]

@@ -39,7 +39,9 @@ from landscape.training._state import RESERVED_TERM_NAMES
 from landscape.training._state import STATE_AXES
 from landscape.training._state import Refresher
 from landscape.training._state import TrainState
+from landscape.training._state import check_hparam_grid
 from landscape.training._state import check_names
+from landscape.training._state import hparam_value
 from landscape.training._state import stack_runs
 from landscape.training._step import init_state
 from landscape.training._step import make_eval_step

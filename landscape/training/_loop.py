@@ -46,6 +46,7 @@ from landscape.training._parallelism import compile_chunk
 from landscape.training._state import RUN_VIEW_AXES
 from landscape.training._state import Refresher
 from landscape.training._state import TrainState
+from landscape.training._state import check_hparam_grid
 from landscape.training._state import check_names
 from landscape.training._state import stack_runs
 from landscape.training._step import ExtraArgsFn
@@ -348,7 +349,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
 
   With ``hparam_grid`` (a list of name -> value), every grid point is trained with every seed, all
   in one program: run r has grid point r // num_seeds and seed ``config.seed + r % num_seeds``, and
-  finds its values, as float32, in ``state.hparams`` (``run.hparams`` for terms, interventions and
+  finds its values (int32 for integers, float32 otherwise) in ``state.hparams`` (``run.hparams`` for terms, interventions and
   the dataset's sampler). ``eval_interventions(run, batch)`` are the evaluation forward pass's
   interventions. ``evaluators`` are called at every evaluation with the run-stacked params and
   `RunView` (its step repeated per run, so every leaf has the run axis) and return extra metrics
@@ -367,6 +368,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
     Preempted: after checkpointing, when SIGTERM arrived.
   """
   _sharding.initialize_distributed(config)
+  check_hparam_grid(hparam_grid)
   runs = run_table(config, hparam_grid)
   num_runs = len(runs)
   shape = validate_loop_config(config, num_runs=num_runs)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import flax.struct
@@ -28,7 +30,8 @@ class TrainState:
     opt_state: the optimizer chain's state.
     rng: a PRNG key (uint32[2]), split at every step.
     data_key: the key the dataset samples batches from, with the step.
-    hparams: name -> this run's hyper-parameter, a float32 scalar.
+    hparams: name -> this run's hyper-parameter: an int32 scalar where the grid gave an integer
+      (a discrete choice, such as an index), a float32 scalar otherwise (see `hparam_value`).
     term_states: term name -> a stateful loss term's own state (an adversary's probe).
     term_opt_states: term name -> the state of that term's own optimizer.
     refreshed: refresher name -> its value (a basis refitted during training).
@@ -49,6 +52,53 @@ class TrainState:
 STATE_AXES = TrainState(step=None, params=0, opt_state=0, rng=0, data_key=0, hparams=0,
                         term_states=0, term_opt_states=0, refreshed=0)
 RUN_VIEW_AXES = RunView(step=None, hparams=0, refreshed=0, term_states=0)
+
+
+def hparam_value(name: str, value: Any) -> jax.Array:
+  """A hyper-parameter as the state holds it: int32 for an integer (a discrete choice: an index, a
+  count; bools are integers), float32 for any other real number. BadInputError otherwise."""
+  if isinstance(value, numbers.Integral) or (hasattr(value, "dtype") and
+                                              jnp.issubdtype(value.dtype, jnp.integer)):
+    return jnp.asarray(value, jnp.int32)
+  if isinstance(value, numbers.Real) or (hasattr(value, "dtype") and
+                                         jnp.issubdtype(value.dtype, jnp.floating)):
+    return jnp.asarray(value, jnp.float32)
+  raise BadInputError(f"hyper-parameter {name!r}={value!r} ({type(value).__name__}): expected an "
+                      "integer (a discrete choice) or a real number")
+
+
+def check_hparam_grid(hparam_grid: Sequence[Mapping[str, Any]] | None) -> None:
+  """BadInputError, before compiling, for a grid whose runs could not be stacked into one program.
+
+  Every point must name the same hyper-parameters (not "seed", which the loop assigns), each a
+  finite scalar, integer at every point or at none (one name is one dtype: int32 or float32).
+  """
+  if hparam_grid is None:
+    return
+  if isinstance(hparam_grid, Mapping) or not len(hparam_grid):
+    raise BadInputError(f"hparam_grid={hparam_grid!r}: expected a non-empty list of "
+                        "{name: value} points")
+  names = None
+  for index, point in enumerate(hparam_grid):
+    if not isinstance(point, Mapping):
+      raise BadInputError(f"hparam_grid[{index}]={point!r}: expected a mapping name -> value")
+    if "seed" in point:
+      raise BadInputError(f"hparam_grid[{index}] names 'seed'; seeds come from config.seed and "
+                          "config.num_seeds")
+    if names is None:
+      names = sorted(point)
+    elif sorted(point) != names:
+      raise BadInputError(f"hparam_grid[{index}] names {sorted(point)}, hparam_grid[0] names "
+                          f"{names}: every point must name the same hyper-parameters")
+    for name, value in point.items():
+      held = hparam_value(name, value)
+      if not math.isfinite(float(held)):
+        raise BadInputError(f"hparam_grid[{index}][{name!r}]={value!r}: not finite")
+  for name in names:
+    kinds = {hparam_value(name, point[name]).dtype for point in hparam_grid}
+    if len(kinds) > 1:
+      raise BadInputError(f"hparam_grid: {name!r} is an integer at some points and not at others "
+                          f"({[point[name] for point in hparam_grid]}); give one type")
 
 
 def stack_runs(states: Sequence[TrainState]) -> TrainState:

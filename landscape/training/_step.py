@@ -21,6 +21,7 @@ from landscape.objectives import RunView
 from landscape.training._state import Refresher
 from landscape.training._state import TrainState
 from landscape.training._state import check_names
+from landscape.training._state import hparam_value
 
 MetricFn = Callable[[Any, Mapping[str, Any]], Any]
 ExtraArgsFn = Callable[[TrainState], Mapping[str, Any]]
@@ -32,9 +33,10 @@ def init_state(key: jax.Array, *, model: Model, objective: Objective,
                hparams: Mapping[str, float] | None = None) -> TrainState:
   """The initial state of one run, all of it derived from ``key``.
 
-  ``hparams`` (name -> number) are this run's hyper-parameters, kept as float32 scalars in
-  ``state.hparams`` (whatever type was given) where terms, interventions, datasets and extra-args
-  functions read them: runs with different values then train together in one program.
+  ``hparams`` (name -> number) are this run's hyper-parameters, kept in ``state.hparams`` as int32
+  scalars where given as integers (discrete choices) and float32 scalars otherwise (`hparam_value`),
+  where terms, interventions, datasets and extra-args functions read them: runs with different
+  values then train together in one program.
   """
   init_key, rng, data_key, terms_key, refresh_key = jax.random.split(key, 5)
   params = model.init(init_key)
@@ -44,7 +46,7 @@ def init_state(key: jax.Array, *, model: Model, objective: Objective,
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng,
       data_key=data_key,
-      hparams={name: jnp.asarray(value, jnp.float32) for name, value in (hparams or {}).items()},
+      hparams={name: hparam_value(name, value) for name, value in (hparams or {}).items()},
       term_states=term_states, term_opt_states=term_opt_states, refreshed=refreshed)
 
 
