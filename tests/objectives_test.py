@@ -650,7 +650,7 @@ class LoggedRunTest(absltest.TestCase):
                                interventions={SITE: interventions.steer(self.VECTOR, 2.0)})
     accuracy = lambda logits: np.mean(np.argmax(np.asarray(logits), -1) == ood["labels"])
     # The loop evaluates sharded over 8 devices in padded chunks: equal up to near-tied examples.
-    rounding.assert_accuracy_within_rounding(self, self.result.summary["eval/ood/accuracy"], plain,
+    rounding.assert_accuracy_within_rounding(self, self.result.summary["eval/ood/accuracy"][0], plain,
                                              ood["labels"])
     self.assertNotAlmostEqual(accuracy(plain), accuracy(steered), places=2)
 

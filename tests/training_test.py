@@ -1,5 +1,7 @@
 """The training loop: sharding, pmap, seeds in one program, guards, and errors before compilation."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -221,9 +223,13 @@ class OutputsTest(absltest.TestCase):
     with open(os.path.join(workdir, "summary.json")) as handle:
       summary = json.load(handle)
     self.assertEqual(summary["step"], 30)
-    self.assertEqual(summary["loss"], [row for row in rows if "loss" in row][-1]["loss"])
+    # metrics.jsonl writes a number for one run; summary.json a list over runs, always.
+    self.assertEqual(summary["loss"], [[row for row in rows if "loss" in row][-1]["loss"]])
     self.assertEqual(summary["digest"], training.params_digest(training.fetch(result.state.params)))
-    self.assertGreater(summary["eval/test/accuracy"], 0.5)
+    self.assertGreater(summary["eval/test/accuracy"][0], 0.5)
+    per_run = {name: value for name, value in summary.items() if "/" in name or name == "loss"}
+    self.assertEqual({name: len(value) for name, value in per_run.items()},
+                     {name: 1 for name in per_run})  # one entry per run, one run
 
   def test_evaluation_matches_a_direct_forward_pass(self):
     result, _ = _train(_config())
@@ -231,7 +237,7 @@ class OutputsTest(absltest.TestCase):
     test = DATASET.eval_sets["test"]
     logits, _ = MODEL.forward(params, jnp.asarray(test["inputs"]))
     # The loop evaluates sharded over 8 devices in padded chunks: equal up to near-tied examples.
-    rounding.assert_accuracy_within_rounding(self, result.summary["eval/test/accuracy"], logits,
+    rounding.assert_accuracy_within_rounding(self, result.summary["eval/test/accuracy"][0], logits,
                                              test["labels"])
 
   def test_rerun_after_completion_reproduces_summary(self):
@@ -262,6 +268,103 @@ class OutputsTest(absltest.TestCase):
     with open(path, "w") as handle:
       handle.write('{"step": 10, "loss": 0.5}\n{"step": 20, "lo')
     self.assertEqual(training.read_jsonl(path), [{"step": 10, "loss": 0.5}])
+
+
+class _Autoencoder(nnx.Module):
+
+  def __init__(self, rngs):
+    self.encoder = nnx.Linear(64, 8, rngs=rngs)
+    self.decoder = nnx.Linear(8, 64, rngs=rngs)
+
+  def __call__(self, x, sites):
+    return self.decoder(sites("code", jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))))
+
+  def site_names(self):
+    return ("code",)
+
+
+AUTOENCODER = from_nnx(_Autoencoder, name="autoencoder")
+
+
+@objectives.term("reconstruction")
+def _reconstruction(inputs):
+  flat = inputs.batch["inputs"].reshape(inputs.batch["inputs"].shape[0], -1)
+  return jnp.mean((inputs.outputs - flat) ** 2)
+
+
+def _per_example_squared_error(outputs, batch):
+  return jnp.mean((outputs - batch["inputs"].reshape(outputs.shape)) ** 2, axis=-1)
+
+
+class EvaluationMetricsTest(absltest.TestCase):
+
+  def test_classification_metrics_on_an_autoencoder_are_refused_before_compiling(self):
+    # The old loop reported this model's "accuracy" (argmax of 64 reconstructed pixels) silently.
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    arguments = dict(model=AUTOENCODER, objective=objectives.compose(_reconstruction),
+                     optimizer=optax.adam(1e-2), dataset=DATASET, progress=False)
+    with self.assertRaisesRegex(training.ClassificationMetricsError,
+                                r"eval_metrics \['accuracy', 'loss'\] are classification metrics "
+                                r"\(the default when none are given\), but model 'autoencoder' "
+                                r"outputs 64 values per example; the dataset's info gives 10 "
+                                r"classes .*pass eval_metrics=\{\}"):
+      training.train(_config(), workdir, **arguments)
+    self.assertFalse(os.path.exists(workdir))
+    result = training.train(_config(steps=10), workdir, eval_metrics={
+        "squared_error": _per_example_squared_error}, **arguments)
+    self.assertNotIn("eval/test/accuracy", result.summary)
+    params = jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(result.state.params))
+    test = DATASET.eval_sets["test"]
+    outputs, _ = AUTOENCODER.forward(params, jnp.asarray(test["inputs"]))
+    expected = np.mean((np.asarray(outputs, np.float64) - test["inputs"].reshape(-1, 64)) ** 2)
+    # float32 squares summed per example and averaged over padded chunks against float64.
+    np.testing.assert_allclose(result.summary["eval/test/squared_error"], [expected], rtol=1e-5)
+
+  def test_classification_metrics_on_a_classifier_pass_the_check(self):
+    training.check_classification_metrics(MODEL, jax.eval_shape(MODEL.init, jax.random.PRNGKey(0)),
+                                          DATASET, objectives.CLASSIFICATION_METRICS)
+    unlabelled = data.array_dataset("unlabelled", {"inputs": DATASET.arrays["inputs"]},
+                                    {"test": {"inputs": DATASET.eval_sets["test"]["inputs"]}})
+    with self.assertRaisesRegex(training.ClassificationMetricsError,
+                                r"eval set 'test' of dataset 'unlabelled' has no labels"):
+      training.check_classification_metrics(
+          MODEL, jax.eval_shape(MODEL.init, jax.random.PRNGKey(0)), unlabelled,
+          {"accuracy": objectives.per_example_accuracy})
+
+  def test_evaluation_interventions_with_a_wrong_signature_are_refused_before_compiling(self):
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    one_argument = lambda run: {"hidden_0": lambda act: act}
+    with self.assertRaisesRegex(landscape.BadInputError,
+                                r"eval_interventions: interventions .*<lambda> has signature \(run\); "
+                                r"expected \(run, batch\)"):
+      training.train(_config(), workdir, eval_interventions=one_argument, **_plain_training())
+    self.assertFalse(os.path.exists(workdir))
+    with self.assertRaisesRegex(landscape.BadInputError, r"eval_interventions: interventions is a dict"):
+      training.make_eval_step(model=MODEL, metric_fns=objectives.CLASSIFICATION_METRICS,
+                              interventions={"hidden_0": lambda act: act})
+
+
+class ProgressTest(absltest.TestCase):
+
+  def _stderr_of_train(self, **arguments):
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)  # as in a script or a notebook: absl's INFO is not shown
+    stream = io.StringIO()
+    try:
+      with contextlib.redirect_stderr(stream):
+        training.train(_config(steps=20), tempfile.mkdtemp(), **_plain_training(), **arguments)
+    finally:
+      logging.set_verbosity(verbosity)
+    return stream.getvalue()
+
+  def test_train_called_from_python_shows_progress(self):
+    printed = self._stderr_of_train()
+    self.assertRegex(printed, r"step 10/20  loss \d+\.\d{4}  \d+\.\d steps/s  ETA \d+:\d\d")
+    self.assertIn("step 20/20", printed)
+
+  def test_progress_false_shows_nothing(self):
+    self.assertNotIn("steps/s", self._stderr_of_train(progress=False))
 
 
 class GuardsTest(absltest.TestCase):
@@ -406,7 +509,7 @@ class EvaluationInterventionsTest(absltest.TestCase):
                               interventions={"hidden_0": lambda act: act * keep})
     plain, _ = MODEL.forward(params, jnp.asarray(test["inputs"]))
     accuracy = lambda logits: np.mean(np.argmax(np.asarray(logits), -1) == test["labels"])
-    self.assertAlmostEqual(result.summary["eval/test/accuracy"], accuracy(logits), places=5)
+    self.assertAlmostEqual(result.summary["eval/test/accuracy"][0], accuracy(logits), places=5)
     self.assertNotAlmostEqual(accuracy(logits), accuracy(plain), places=3)
 
 

@@ -841,6 +841,33 @@ class MaskUpdatesTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"mask of shape \(2, 2\).*\(4, 3\)"):
       transform.init({"kernel": jnp.ones((4, 3))})
 
+  def test_a_prefix_leaf_covers_its_subtree(self):
+    # Used to pass init and fail at the first update ("'dict' object has no attribute 'dtype'").
+    rng = np.random.default_rng(0)
+    updates = {"encoder": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+                           "bias": jnp.asarray(rng.normal(size=3), jnp.float32)},
+               "decoder": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                           "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+               "head": jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)}
+    transform = transforms.mask_updates({"encoder": 0.0, "decoder": None,
+                                         "head": np.array([[1.0], [0.0]], np.float32)})
+    masked, _ = jax.jit(transform.update)(updates, transform.init(updates))
+    for name in ("kernel", "bias"):
+      np.testing.assert_array_equal(np.abs(masked["encoder"][name]), 0.0)
+      chex.assert_trees_all_equal(masked["decoder"][name], updates["decoder"][name])
+    chex.assert_trees_all_equal(masked["head"][0], updates["head"][0])
+    np.testing.assert_array_equal(np.abs(masked["head"][1]), 0.0)
+
+  def test_a_prefix_mask_that_does_not_broadcast_to_a_leaf_below_names_it(self):
+    transform = transforms.mask_updates({"encoder": np.ones(3)})
+    with self.assertRaisesRegex(ValueError, r"mask of shape \(3,\).*\(4, 2\)"):
+      transform.init({"encoder": {"bias": jnp.ones(3), "kernel": jnp.ones((4, 2))}})
+
+  def test_a_keep_tree_that_is_not_a_prefix_is_refused_at_init(self):
+    transform = transforms.mask_updates({"encoder": {"weights": 0.0}})
+    with self.assertRaisesRegex(ValueError, r"keep is not a prefix of the params"):
+      transform.init({"encoder": {"kernel": jnp.ones((4, 2))}})
+
 
 class ProjectionWithAdamTest(absltest.TestCase):
   """The invariant that matters for a block: the parameter change has no component along Q."""

@@ -61,6 +61,8 @@ class ArmResult:
 
 
 def _per_run(value: Any, num_runs: int) -> np.ndarray:
+  """A metric as (num_runs,) values: summary.json holds a list over runs; a metrics.jsonl row of a
+  single run (and a summary.json written before lists) holds a number."""
   values = np.asarray(value, np.float64)
   return np.full(num_runs, float(values)) if values.ndim == 0 else values
 

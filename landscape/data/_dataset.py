@@ -34,8 +34,8 @@ class Dataset:
   Attributes:
     name: for messages and reports.
     sampler: (arrays, data_key, step, batch_size, hparams) -> batch, pure and jittable. ``hparams``
-      is the run's hyper-parameters (name -> float32 scalar, ``state.hparams``), so runs trained
-      together can see different data (a training-set size per run, say); a sampler that reads
+      is the run's hyper-parameters (name -> int32 scalar for an integer, float32 otherwise:
+      ``state.hparams``), so runs trained together can see different data (a training-set size per run, say); a sampler that reads
       none ignores it. Call it through `sample`.
     arrays: what the sampler reads (a pytree of arrays, possibly empty). Passed to the compiled step
       as an argument, never baked into it as a constant.

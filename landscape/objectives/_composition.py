@@ -31,7 +31,8 @@ class RunView(NamedTuple):
   """A read-only view of one run's state: what interventions, loss terms and refreshers read.
 
   step: the training step, an int32 scalar shared by every run trained together.
-  hparams: name -> this run's hyper-parameter, a float32 scalar (see `hyperparameter`).
+  hparams: name -> this run's hyper-parameter: int32 where the grid gave an integer (a discrete
+    choice), float32 otherwise (see `hyperparameter`).
   refreshed: refresher name -> its current value (a basis refitted during training, say).
   term_states: term name -> that term's own state (an adversary's probe), held fixed here.
   """
@@ -86,7 +87,8 @@ class Hyperparameter:
 
   Runs trained together in one program (a grid of values times seeds, see `training.train`'s
   ``hparam_grid``) each find their own value there, so a weight or a steering magnitude given as
-  ``hyperparameter("weight")`` differs between runs of one compiled program. Values are float32.
+  ``hyperparameter("weight")`` differs between runs of one compiled program. The value is read as
+  float32 (an int32 hyper-parameter, a discrete choice, is converted).
   """
 
   name: str

@@ -105,7 +105,8 @@ class JitChunk(_CompiledChunk):
     # Not on CPU: there an asynchronous checkpoint may still read the buffers a donation frees.
     donate = () if jax.default_backend() == "cpu" else (0,)
     self._program = jax.jit(chunk, static_argnums=(2,), donate_argnums=donate,
-                            out_shardings=(shardings, None))
+                            out_shardings=(shardings, None),
+                            compiler_options=_sharding.compiler_options())
     self._precompiled: dict[int, Any] = {}
 
   def place(self, state: TrainState) -> TrainState:

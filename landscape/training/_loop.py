@@ -32,15 +32,24 @@ from landscape.objectives import CLASSIFICATION_METRICS
 from landscape.objectives import InterventionsFn
 from landscape.objectives import Objective
 from landscape.objectives import RunView
+from landscape.objectives import check_interventions_fn
+from landscape.objectives import per_example_accuracy
+from landscape.objectives import per_example_cross_entropy
+from landscape.sites import BadInputError
 from landscape.training import _sharding
 from landscape.training._checkpoint import Checkpoints
 from landscape.training._config import ConfigError
 from landscape.training._config import validate_loop_config
+from landscape.training._identity import FINGERPRINT_KEY
+from landscape.training._identity import RunMismatchError
+from landscape.training._identity import check_checkpoint_arrays
+from landscape.training._identity import check_fingerprint
+from landscape.training._identity import run_fingerprint
 from landscape.training._metrics import MetricsWriter
 from landscape.training._metrics import Progress
 from landscape.training._metrics import params_digest
+from landscape.training._metrics import per_run_json_value
 from landscape.training._metrics import read_jsonl
-from landscape.training._metrics import to_json_value
 from landscape.training._metrics import write_json_atomically
 from landscape.training._parallelism import compile_chunk
 from landscape.training._state import RUN_VIEW_AXES
@@ -54,6 +63,7 @@ from landscape.training._step import MetricFn
 from landscape.training._step import init_state
 from landscape.training._step import make_eval_step
 from landscape.training._step import run_view
+from landscape.training._warm_start import check_initial_params
 
 # (run-stacked params, run-stacked RunView) -> name -> (S, ...) values, logged at every evaluation.
 Evaluator = Callable[[Any, RunView], Mapping[str, Any]]
@@ -101,10 +111,17 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_identity(config: ml_collections.ConfigDict,
-                 hparam_grid: Sequence[Mapping[str, float]] | None = None) -> dict[str, Any]:
-  """What config.json records of a run: its config and its grid of hyper-parameters."""
+                 hparam_grid: Sequence[Mapping[str, float]] | None = None,
+                 fingerprint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """What config.json records of a run: its config, its grid of hyper-parameters and (under
+  ``"fingerprint"``) what `run_fingerprint` says of its objective, model, optimizer and data."""
   identity = json.loads(config.to_json_best_effort())
+  if FINGERPRINT_KEY in identity:
+    raise ConfigError(f"config.{FINGERPRINT_KEY}: the name is reserved for the run's fingerprint "
+                      "in config.json; rename the field")
   identity["hparam_grid"] = [dict(point) for point in hparam_grid or []]
+  if fingerprint is not None:
+    identity[FINGERPRINT_KEY] = dict(fingerprint)
   return identity
 
 
@@ -113,10 +130,11 @@ def check_resumed_config(config: ml_collections.ConfigDict, saved: Mapping[str, 
   """ConfigError naming every field that differs from the run being resumed (operational ones aside).
 
   ``saved`` is the run's config.json (see `run_identity`); the grid of hyper-parameters is compared
-  as one field.
+  as one field. The fingerprint config.json also holds is not compared here: `train` checks it
+  (see `check_fingerprint`).
   """
   current = _flatten(run_identity(config, hparam_grid))
-  saved = _flatten(saved)
+  saved = _flatten({key: value for key, value in saved.items() if key != FINGERPRINT_KEY})
   differing = sorted(key for key in current.keys() | saved.keys()
                      if key.split(".")[0] not in OPERATIONAL_FIELDS and current.get(key) != saved.get(key))
   if differing:
@@ -256,7 +274,7 @@ def _evaluator(*, model: Model, dataset: Dataset, metric_fns: Mapping[str, Metri
     return {name: value_sum / jnp.maximum(weight_sum, 1e-12)
             for name, (value_sum, weight_sum) in totals.items()}
 
-  compiled = jax.jit(over_set)
+  compiled = jax.jit(over_set, compiler_options=_sharding.compiler_options())
   sets = {}
   for set_name, batch in dataset.eval_sets.items():
     size = len(next(iter(batch.values())))
@@ -299,21 +317,36 @@ class _Evaluations:
 
 
 def _open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
-                      hparam_grid: Sequence[Mapping[str, float]] | None, *,
-                      is_main: bool) -> tuple[Checkpoints, int]:
-  """(the run's checkpoints, the step to start from); checks a resumed run's config, writes it."""
+                      hparam_grid: Sequence[Mapping[str, float]] | None,
+                      fingerprint: Mapping[str, Any], *, is_main: bool) -> tuple[Checkpoints, int]:
+  """(the run's checkpoints, the step to start from); checks a resumed run's config.json, writes it.
+
+  Resuming, the config and the fingerprint must be the run's (ConfigError, `RunMismatchError`).
+  A config.json written before fingerprints existed is trusted: the run resumes and its
+  config.json gains this fingerprint.
+  """
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=config.max_to_keep,
                             async_save=config.async_checkpoints)
-  start_step = checkpoints.latest_step() or 0
-  if start_step > config.steps:
-    raise ConfigError(f"config.steps={config.steps}: the run in {workdir} is already at step "
-                      f"{start_step}; ask for at least that many steps, or use a fresh --workdir")
-  config_path = os.path.join(workdir, "config.json")
-  if start_step and os.path.exists(config_path):
-    with open(config_path) as handle:
-      check_resumed_config(config, json.load(handle), hparam_grid)
+  try:
+    start_step = checkpoints.latest_step() or 0
+    if start_step > config.steps:
+      raise ConfigError(f"config.steps={config.steps}: the run in {workdir} is already at step "
+                        f"{start_step}; ask for at least that many steps, or use a fresh --workdir")
+    config_path = os.path.join(workdir, "config.json")
+    if start_step and os.path.exists(config_path):
+      with open(config_path) as handle:
+        saved = json.load(handle)
+      check_resumed_config(config, saved, hparam_grid)
+      if FINGERPRINT_KEY in saved:
+        check_fingerprint(fingerprint, saved[FINGERPRINT_KEY], workdir=workdir)
+      else:
+        logging.warning("%s: config.json predates run fingerprints; resuming on the config alone",
+                        workdir)
+  except BaseException:
+    checkpoints.close()
+    raise
   if is_main:
-    write_json_atomically(config_path, run_identity(config, hparam_grid))
+    write_json_atomically(config_path, run_identity(config, hparam_grid, fingerprint))
   return checkpoints, start_step
 
 
@@ -331,10 +364,68 @@ def _stack_on_host(states: Sequence[TrainState]) -> TrainState:
   return stacked.replace(step=states[0].step)
 
 
-def _restore(checkpoints: Checkpoints, step: int, abstract: TrainState,
-             shardings: Any) -> TrainState:
-  """The state saved at ``step``, laid out as ``shardings``."""
+def _restore(checkpoints: Checkpoints, step: int, abstract: TrainState, shardings: Any, *,
+             workdir: str) -> TrainState:
+  """The state saved at ``step``, laid out as ``shardings``; `RunMismatchError` first if the
+  checkpoint's arrays are not ``abstract``'s (a changed optimizer, say)."""
+  saved = checkpoints.saved_arrays(step)
+  if saved is not None:
+    check_checkpoint_arrays(saved, abstract, step=step, workdir=workdir)
   return checkpoints.restore(step, _placed_like(abstract, shardings))
+
+
+class ClassificationMetricsError(BadInputError):
+  """Classification metrics asked of a model whose outputs are not logits over the dataset's labels."""
+
+
+_CLASSIFICATION_FNS = (per_example_cross_entropy, per_example_accuracy)
+
+
+def check_classification_metrics(model: Model, params: Any, dataset: Dataset,
+                                 eval_metrics: Mapping[str, MetricFn]) -> None:
+  """ClassificationMetricsError, before compiling, when classification metrics cannot mean anything.
+
+  Where ``eval_metrics`` holds landscape's classification metrics (`CLASSIFICATION_METRICS`, the
+  default, or their functions), the model's outputs on every eval set (`jax.eval_shape`, nothing
+  computed) must be logits ``labels.shape + (C,)`` over integer labels, with C the dataset's
+  ``info["num_classes"]`` (or ``info["vocab_size"]``, for a next-token model) where it says one,
+  else more than the largest label. An autoencoder's reconstruction is not: its "accuracy" would
+  be a number without a meaning.
+  """
+  named = sorted(name for name, fn in eval_metrics.items() if fn in _CLASSIFICATION_FNS)
+  if not named:
+    return
+  widths = sorted({dataset.info[key] for key in ("num_classes", "vocab_size") if key in dataset.info})
+  advice = ("pass eval_metrics={} (no evaluation metrics) or your own {name: (outputs, batch) -> "
+            "per-example values}")
+  what = f"eval_metrics {named} are classification metrics (the default when none are given)"
+  for set_name, batch in dataset.eval_sets.items():
+    if "labels" not in batch:
+      raise ClassificationMetricsError(f"{what}, but eval set {set_name!r} of dataset "
+                                       f"{dataset.name!r} has no labels (fields {sorted(batch)}); "
+                                       f"{advice}")
+    labels = np.asarray(batch["labels"])
+    example = jax.tree_util.tree_map(lambda x: np.asarray(x)[:2], dict(batch))
+    outputs, _ = jax.eval_shape(lambda p, x: model.forward(p, x), params, example["inputs"])
+    shape = getattr(outputs, "shape", None)
+    expected = tuple(example["labels"].shape)
+    problem = None
+    if shape is None:
+      problem = f"outputs a {type(outputs).__name__}, not one array of logits"
+    elif not np.issubdtype(labels.dtype, np.integer):
+      problem = f"is scored against labels of dtype {labels.dtype}, not integer classes"
+    elif tuple(shape[:-1]) != expected or len(shape) != len(expected) + 1:
+      problem = (f"outputs shape {tuple(shape)} for {expected[0]} examples whose labels have shape "
+                 f"{expected}; logits have shape {expected} + (classes,)")
+    elif widths and shape[-1] not in widths:
+      problem = (f"outputs {shape[-1]} values per example; the dataset's info gives "
+                 f"{' or '.join(str(width) for width in widths)} classes (num_classes/vocab_size)")
+    elif not widths and labels.size and shape[-1] <= labels.max():
+      problem = (f"outputs {shape[-1]} values per example; the labels go up to {labels.max()}")
+    if problem:
+      raise ClassificationMetricsError(f"{what}, but model {model.name!r} {problem} "
+                                       f"(eval set {set_name!r} of dataset {dataset.name!r}); "
+                                       f"{advice}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, objective: Objective,
@@ -344,25 +435,52 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
           eval_interventions: InterventionsFn | None = None,
           evaluators: Sequence[Evaluator] = (),
           hparam_grid: Sequence[Mapping[str, float]] | None = None,
-          param_rules: Sequence[_sharding.ParamRule] = ()) -> TrainResult:
+          param_rules: Sequence[_sharding.ParamRule] = (),
+          initial_params: Any = None, progress: bool = True) -> TrainResult:
   """Trains ``config.num_seeds`` runs of ``model`` under ``objective`` and ``optimizer`` together.
 
   With ``hparam_grid`` (a list of name -> value), every grid point is trained with every seed, all
   in one program: run r has grid point r // num_seeds and seed ``config.seed + r % num_seeds``, and
-  finds its values (int32 for integers, float32 otherwise) in ``state.hparams`` (``run.hparams`` for terms, interventions and
-  the dataset's sampler). ``eval_interventions(run, batch)`` are the evaluation forward pass's
-  interventions. ``evaluators`` are called at every evaluation with the run-stacked params and
-  `RunView` (its step repeated per run, so every leaf has the run axis) and return extra metrics
-  with a leading run axis (decodability probes, say).
+  finds its values (int32 for integers: a discrete choice such as an index; float32 otherwise) in
+  ``state.hparams`` (``run.hparams`` for terms, interventions and the dataset's sampler).
+  ``eval_metrics`` maps a name to ``(outputs, batch) -> per-example values`` (or (values,
+  weights)); the default, `CLASSIFICATION_METRICS`, needs logits over the dataset's classes and is
+  refused (`ClassificationMetricsError`) for a model without them: pass ``{}`` or your own.
+  ``eval_interventions(run, batch)`` are the evaluation forward pass's interventions.
+  ``evaluators`` are called at every evaluation with the run-stacked params and `RunView` (its
+  step repeated per run, so every leaf has the run axis) and return extra metrics with a leading
+  run axis (decodability probes, say).
 
-  Reads the loop's fields of ``config`` (see `loop_config`); writes metrics.jsonl, tensorboard/,
-  checkpoints/ and summary.json under ``workdir``. Running it again with the same arguments resumes
-  from the latest complete checkpoint and, on CPU, ends bitwise where an uninterrupted run ends.
+  ``initial_params`` warm-starts the runs: all or part of the model's parameter tree (nested dicts
+  with the model's keys), as one set for every run, run-stacked, or a list with one set per run
+  (see `check_initial_params`); `load_params` reads another run's checkpoint. Leaves not given are
+  initialised as without it; the optimizer's state starts fresh (`optimizer.init` of the warm
+  parameters), and so do stateful terms and refreshers. The arrays enter the state as arguments of
+  the compiled initialisation, never as constants of a program.
+
+  ``progress``: a line with the step, the loss, steps/s and the time left after every compiled
+  call: to absl's log where absl logs at INFO (the binaries), else to stderr (a script, a
+  notebook). False shows none.
+
+  Reads the loop's fields of ``config`` (see `loop_config`); writes config.json, metrics.jsonl,
+  tensorboard/, checkpoints/ and summary.json under ``workdir``. summary.json holds every metric
+  as a list over runs (one entry per run, even for one run). Running it again with the same
+  arguments resumes from the latest complete checkpoint and, on CPU, ends bitwise where an
+  uninterrupted run ends. config.json records the config and a fingerprint of the objective (terms,
+  their functions, sites and weights, the interventions), the model's parameters and sites, the
+  optimizer state's tree, the refreshers, the dataset's arrays and the warm start: resuming with any
+  of them changed is refused (see `run_fingerprint`).
 
   Raises:
     ConfigError: before compiling, for a field that cannot work (named with its value).
+    RunMismatchError: before compiling, when ``workdir`` holds a different run (config,
+      objective, model, optimizer, refreshers, dataset or warm start).
     UnknownSiteError: before compiling, for a term's site the model lacks.
-    BadInputError: before compiling, for duplicate or reserved term or refresher names.
+    WarmStartError: before compiling, for initial parameters that do not fit the model.
+    ClassificationMetricsError: before compiling, for classification metrics on a model whose
+      outputs are not logits over the dataset's classes.
+    BadInputError: before compiling, for duplicate or reserved term or refresher names, or
+      ``eval_interventions`` that do not take ``(run, batch)``.
     NonFiniteLossError: at the first step whose loss, gradient, update or parameters are not
       finite, naming the step and the term(s).
     Preempted: after checkpointing, when SIGTERM arrived.
@@ -374,27 +492,45 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   shape = validate_loop_config(config, num_runs=num_runs)
   model.check_sites(objective.sites, what=f"{model.name}: objective terms")
   check_names(objective, refreshers)
+  if eval_interventions is not None:
+    check_interventions_fn(eval_interventions, what="eval_interventions")
+  model_params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  warm_start = (None if initial_params is None else
+                check_initial_params(initial_params, model_params, num_runs))
+  check_classification_metrics(model, model_params, dataset, eval_metrics)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
 
-  init_one = jax.jit(functools.partial(init_state, model=model, objective=objective,
-                                       optimizer=optimizer, refreshers=refreshers))
+  init_one = functools.partial(init_state, model=model, objective=objective, optimizer=optimizer,
+                               refreshers=refreshers)
+  compiled_init_one = jax.jit(init_one, compiler_options=_sharding.compiler_options())
 
-  def run_states() -> list[TrainState]:
-    return [init_one(jax.random.PRNGKey(run["seed"]),
-                     hparams={name: value for name, value in run.items() if name != "seed"})
-            for run in runs]
+  def run_states(init: Callable[..., TrainState] = compiled_init_one) -> list[TrainState]:
+    return [init(jax.random.PRNGKey(run["seed"]),
+                 hparams={name: value for name, value in run.items() if name != "seed"},
+                 initial_params=None if warm_start is None else warm_start.for_run(index))
+            for index, run in enumerate(runs)]
 
   mesh = _sharding.make_mesh(shape)
-  abstract = jax.eval_shape(lambda: stack_runs(run_states()))
+  abstract = jax.eval_shape(lambda: stack_runs(run_states(init_one)))
   shardings = _sharding.state_shardings(abstract, mesh, param_rules)
-  checkpoints, start_step = _open_checkpoints(config, workdir, hparam_grid, is_main=is_main)
+  one_run = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
+                                   abstract.replace(step=None))
+  fingerprint = run_fingerprint(model=model, objective=objective, params=one_run.params,
+                                opt_state=one_run.opt_state, refreshers=refreshers, dataset=dataset,
+                                warm_start=None if warm_start is None else warm_start.identity)
+  checkpoints, start_step = _open_checkpoints(config, workdir, hparam_grid, fingerprint,
+                                              is_main=is_main)
   runner = compile_chunk(model=model, objective=objective, optimizer=optimizer, dataset=dataset,
                          batch_size=config.batch_size, mesh=mesh, shardings=shardings,
                          refreshers=refreshers, optimizer_extra_args=optimizer_extra_args,
                          parallelism=config.parallelism)
   if start_step:
-    state = _restore(checkpoints, start_step, abstract, shardings)
+    try:
+      state = _restore(checkpoints, start_step, abstract, shardings, workdir=workdir)
+    except RunMismatchError:
+      checkpoints.close()
+      raise
     logging.info("resumed from step %d (%s)", start_step, workdir)
   else:
     state = jax.device_put(_stack_on_host(run_states()), shardings)
@@ -410,7 +546,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
                  device_put=lambda tree: jax.device_put(tree, replicated)),
       evaluators, writer)
 
-  progress = Progress(start_step, config.steps)
+  reporter = Progress(start_step, config.steps,
+                      enabled=progress and (is_main or logging.level_info()))
   step = start_step
   last_train_metrics: dict[str, Any] = {}
   last_saved = start_step if start_step else None
@@ -430,9 +567,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
           raise non_finite_error(metrics, bad, chunk_start=step,
                                  last_good=checkpoints.latest_step(), workdir=workdir)
         step = stop
-        last_train_metrics = {name: to_json_value(values[-1], num_runs)
+        last_train_metrics = {name: per_run_json_value(values[-1])
                               for name, values in metrics.items() if values.ndim == 2}
-        progress.report(step, metrics["loss"][-1])
+        reporter.report(step, metrics["loss"][-1])
         if _due(step, config.eval_every, config.steps):
           evaluate(step, runner.host_view(state))
         if _due(step, config.checkpoint_every, config.steps) or sigterm.raised:
@@ -453,8 +590,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   final = runner.host_view(state)
   if not last_train_metrics:  # resumed after the last step: the final metrics are on disk
     logged = [row for row in read_jsonl(writer.path) if "loss" in row]
-    last_train_metrics = {key: value for key, value in (logged[-1] if logged else {}).items()
-                          if not key.startswith("eval/") and key != "step"}
+    last_train_metrics = {key: [value] if num_runs == 1 else value
+                          for key, value in (logged[-1] if logged else {}).items()
+                          if not key.startswith("eval/") and key != "step"}  # one run: a number
   summary = _summary(step, final, last_train_metrics, evaluate.by_step[step], runs)
   if is_main:
     write_json_atomically(os.path.join(workdir, "summary.json"), summary)
@@ -464,11 +602,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
 
 def _summary(step: int, state: TrainState, train_metrics: Mapping[str, Any],
              eval_metrics: Mapping[str, np.ndarray], runs: list[dict[str, Any]]) -> dict[str, Any]:
-  """summary.json: step, runs, digest, the last step's scalar training metrics, the final evaluation."""
-  num_runs = len(runs)
+  """summary.json: step, runs, digest, the last step's scalar training metrics, the final evaluation.
+
+  Every metric is a list over runs (one entry per run, in `run_table`'s order), even for one run.
+  """
   summary: dict[str, Any] = {"step": step, "seeds": [run["seed"] for run in runs],
-                             "num_runs": num_runs, "runs": runs,
+                             "num_runs": len(runs), "runs": runs,
                              "digest": params_digest(_sharding.fetch(state.params))}
   summary.update(train_metrics)
-  summary.update({name: to_json_value(value, num_runs) for name, value in eval_metrics.items()})
+  summary.update({name: per_run_json_value(value) for name, value in eval_metrics.items()})
   return summary

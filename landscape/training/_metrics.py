@@ -1,7 +1,8 @@
 """Where metrics go: WORKDIR/metrics.jsonl, TensorBoard event files (no TensorFlow), the console.
 
-Every metric carries the run axis first. With one run a value is written as a number; with several,
-as a list with one entry per run (seed).
+Every metric carries the run axis first. In metrics.jsonl, with one run a value is written as a
+number; with several, as a list with one entry per run (seed). summary.json always holds the list
+(`per_run_json_value`), whatever the number of runs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +28,12 @@ def to_json_value(value: Any, num_runs: int) -> Any:
   else:
     array = array.astype(np.float64)
   return array[0].tolist() if num_runs == 1 else array.tolist()
+
+
+def per_run_json_value(value: Any) -> list[Any]:
+  """A run-stacked metric as JSON, always a list with one entry per run (numbers or nested lists)."""
+  array = np.asarray(value)
+  return array.astype(np.int64 if array.dtype.kind in "iub" else np.float64).tolist()
 
 
 def write_json_atomically(path: str, payload: Any) -> None:
@@ -107,22 +115,33 @@ class MetricsWriter:
 
 
 class Progress:
-  """Console progress: steps per second over the last interval, and the time left."""
+  """Console progress: steps per second over the last interval, and the time left.
 
-  def __init__(self, start_step: int, total_steps: int):
+  Where absl logs at INFO (the binaries set it), a line goes to absl's log; otherwise (a script, a
+  notebook) it is printed to stderr. ``enabled=False`` shows nothing.
+  """
+
+  def __init__(self, start_step: int, total_steps: int, *, enabled: bool = True):
     self._total = total_steps
     self._last_step = start_step
     self._last_time = time.perf_counter()
+    self._enabled = enabled
 
   def report(self, step: int, loss: Any) -> None:
     now = time.perf_counter()
     rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
     remaining = (self._total - step) / max(rate, 1e-9)
     self._last_step, self._last_time = step, now
+    if not self._enabled:
+      return
     losses = np.atleast_1d(np.asarray(loss))
     shown = f"{losses[0]:.4f}" if losses.size == 1 else f"{losses.mean():.4f} (mean of {losses.size})"
-    logging.info("step %d/%d  loss %s  %.1f steps/s  ETA %s", step, self._total, shown, rate,
-                 _format_seconds(remaining))
+    line = (f"step {step}/{self._total}  loss {shown}  {rate:.1f} steps/s  ETA "
+            f"{_format_seconds(remaining)}")
+    if logging.level_info():
+      logging.info("%s", line)
+    else:
+      print(line, file=sys.stderr, flush=True)
 
 
 def _format_seconds(seconds: float) -> str:

@@ -18,10 +18,12 @@ from landscape.models import Model
 from landscape.objectives import InterventionsFn
 from landscape.objectives import Objective
 from landscape.objectives import RunView
+from landscape.objectives import check_interventions_fn
 from landscape.training._state import Refresher
 from landscape.training._state import TrainState
 from landscape.training._state import check_names
 from landscape.training._state import hparam_value
+from landscape.training._warm_start import merge_params
 
 MetricFn = Callable[[Any, Mapping[str, Any]], Any]
 ExtraArgsFn = Callable[[TrainState], Mapping[str, Any]]
@@ -30,16 +32,23 @@ ExtraArgsFn = Callable[[TrainState], Mapping[str, Any]]
 def init_state(key: jax.Array, *, model: Model, objective: Objective,
                optimizer: optax.GradientTransformationExtraArgs,
                refreshers: Sequence[Refresher] = (),
-               hparams: Mapping[str, float] | None = None) -> TrainState:
-  """The initial state of one run, all of it derived from ``key``.
+               hparams: Mapping[str, float] | None = None,
+               initial_params: Any = None) -> TrainState:
+  """The initial state of one run, all of it derived from ``key`` (but ``initial_params``).
 
   ``hparams`` (name -> number) are this run's hyper-parameters, kept in ``state.hparams`` as int32
   scalars where given as integers (discrete choices) and float32 scalars otherwise (`hparam_value`),
   where terms, interventions, datasets and extra-args functions read them: runs with different
   values then train together in one program.
+
+  ``initial_params`` (a warm start: part of the parameter tree, nested dicts with the model's keys,
+  shapes and dtypes) replaces those leaves of ``model.init``; the others keep their initialisation,
+  the same as without it. The optimizer, the stateful terms and the refreshers start from the merged
+  parameters (the optimizer's state fresh). Pass it as an argument of a jitted ``init_state``, not
+  closed over, so the arrays are not folded into the program.
   """
   init_key, rng, data_key, terms_key, refresh_key = jax.random.split(key, 5)
-  params = model.init(init_key)
+  params = merge_params(model.init(init_key), initial_params)
   term_states, term_opt_states = objective.init(terms_key, params)
   refreshed = {refresher.name: refresher.init(jax.random.fold_in(refresh_key, index), params)
                for index, refresher in enumerate(refreshers)}
@@ -134,7 +143,13 @@ def make_eval_step(*, model: Model, metric_fns: Mapping[str, MetricFn],
   ``interventions(run, batch)`` gives the evaluation forward pass's interventions, with the one
   signature of training interventions (none by default: a training-only intervention such as
   preventative steering is off at evaluation).
+
+  Raises:
+    BadInputError: when ``interventions`` is not callable as ``(run, batch)`` (before tracing).
   """
+
+  if interventions is not None:
+    check_interventions_fn(interventions, what="eval_interventions")
 
   def eval_step(params, run, batch, valid_B):
     chosen = dict(interventions(run, batch)) if interventions is not None else {}
