@@ -13,7 +13,8 @@ import ml_collections
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.sections = "transforms,seeds"
+  config.sections = "transforms,seeds"   # and "compile": the loop's XLA options against defaults
+  config.compile_rounds = 3
 
   config.model = ml_collections.ConfigDict()
   config.model.vocab_size = 50304
@@ -56,6 +57,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.warmup_steps = 1
     config.timed_steps = 2
     config.rounds = 2
+    config.compile_rounds = 1
     config.seeds.update(dict(num_runs=(2,), steps=20, steps_per_call=10, timed_calls=2))
   elif preset not in ("", "cpu"):
     raise ValueError(f"configs/benchmark.py: unknown preset {preset!r}; expected cpu or smoke")

@@ -15,6 +15,11 @@ Two sections:
 * ``seeds``: training S runs of the flagship's classifier in one program against S programs one
   after another: in one process (compiling, and with a warm compilation cache), as separate jobs of
   the training binary, and per step once compiled.
+* ``compile``: the loop's chunk for the plain step and for each transform variant, compiled with
+  XLA's default options and with the loop's (`training.compiler_options()`: on CPU,
+  `training.CPU_COMPILER_OPTIONS`), alternately, each ``config.compile_rounds`` times with the
+  persistent cache off: the ratio of compile times, of step times once compiled, and the largest
+  difference between the parameters each reaches after the same steps.
 
 Writes ``benchmark.json`` to ``workdir`` and prints a table.
 """
@@ -201,6 +206,65 @@ def benchmark_transforms(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return results
 
 
+def benchmark_compile(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Compile and step times of the loop's chunk with the loop's XLA options against the defaults."""
+  model = models.gpt(gpt_config(config.model))
+  key = jax.random.PRNGKey(0)
+  params = model.init(key)
+  dataset = random_tokens(config)
+  objective = objectives.compose(objectives.cross_entropy())
+  options = {"default": {}, "loop": training.compiler_options()}
+  chosen = [name for name in transform_variants(config, model, params)
+            if name in ("plain", f"project_out_k{config.num_directions[0]}")]
+  results = {}
+  persistent_cache = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    for name in chosen:
+      variant = transform_variants(config, model, params)[name]
+      base = optax.adamw(config.learning_rate, weight_decay=0.1)
+      optimizer = (optax.chain(variant.transform, base) if variant.transform is not None else
+                   optax.chain(base))
+      step = training.make_train_step(model=model, objective=objective, optimizer=optimizer,
+                                      refreshers=variant.refreshers,
+                                      optimizer_extra_args=variant.optimizer_extra_args)
+      chunk = training.make_chunk(step, dataset, config.batch_size)
+      state = training.stack_runs([training.init_state(key, model=model, objective=objective,
+                                                       optimizer=optimizer,
+                                                       refreshers=variant.refreshers)])
+      compile_seconds = {label: [] for label in options}
+      step_seconds = {label: [] for label in options}
+      reached = {}
+      for _ in range(config.compile_rounds):
+        for label, compiler_options in options.items():
+          # A fresh jit each time: nothing is reused from an earlier compile of the same program.
+          program = jax.jit(chunk, static_argnums=(2,), compiler_options=compiler_options)
+          start = time.perf_counter()
+          compiled = program.lower(state, dataset.arrays, config.timed_steps).compile()
+          compile_seconds[label].append(time.perf_counter() - start)
+          after, metrics = compiled(state, dataset.arrays)  # warm-up call
+          start = time.perf_counter()
+          after, metrics = compiled(after, dataset.arrays)
+          jax.block_until_ready((after, metrics))
+          step_seconds[label].append((time.perf_counter() - start) / config.timed_steps)
+          reached[label] = training.fetch(after.params)
+      difference = max(float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-30))
+                       for a, b in zip(jax.tree_util.tree_leaves(reached["default"]),
+                                       jax.tree_util.tree_leaves(reached["loop"])))
+      median = lambda values: float(np.median(values))
+      results[name] = dict(
+          options=options["loop"],
+          compile_seconds_default=median(compile_seconds["default"]),
+          compile_seconds_loop=median(compile_seconds["loop"]),
+          compile_ratio=median(np.asarray(compile_seconds["loop"]) /
+                               np.asarray(compile_seconds["default"])),
+          step_ratio=median(np.asarray(step_seconds["loop"]) / np.asarray(step_seconds["default"])),
+          max_relative_param_difference=difference)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", persistent_cache)
+  return results
+
+
 def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """S runs of the decoy-digits MLP: one program against S programs one after another.
 
@@ -318,10 +382,10 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the configured sections; writes benchmark.json and returns its contents."""
   sections = [name for name in config.sections.split(",") if name]
-  unknown = sorted(set(sections) - {"transforms", "seeds"})
+  unknown = sorted(set(sections) - {"transforms", "seeds", "compile"})
   if unknown:
     raise training.ConfigError(f"config.sections={config.sections!r}: unknown {unknown}; "
-                               "expected 'transforms' and/or 'seeds'")
+                               "expected some of 'transforms', 'seeds' and 'compile'")
   steps_taken = config.warmup_steps + config.rounds * config.timed_steps
   if steps_taken >= config.refresh_every:
     # The amortized ratio assumes that no step of the scheduled dictionary variant refreshes.
@@ -338,6 +402,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results["transforms"] = benchmark_transforms(config)
   if "seeds" in sections:
     results["seeds"] = benchmark_seeds(config, workdir)
+  if "compile" in sections:
+    results["compile"] = benchmark_compile(config)
   training.write_json_atomically(os.path.join(workdir, "benchmark.json"), results)
   print(format_results(results))
   return results
@@ -362,4 +428,9 @@ def format_results(results: dict[str, Any]) -> str:
                  f"{row['ms_per_step_together']:.3f} ms = {row['steady_state_speedup']:.2f}x; "
                  f"separate jobs {row['separate_jobs_seconds_one_by_one']:.1f} s vs "
                  f"{row['separate_jobs_seconds_together']:.1f} s = {row['separate_jobs_speedup']:.1f}x")
+  for name, row in results.get("compile", {}).items():
+    lines.append(f"compile {name} with {row['options'] or 'default options'}: compile "
+                 f"{row['compile_seconds_loop']:.2f} s vs {row['compile_seconds_default']:.2f} s "
+                 f"(ratio {row['compile_ratio']:.2f}), step ratio {row['step_ratio']:.3f}, params "
+                 f"differ by {row['max_relative_param_difference']:.1e} (relative)")
   return "\n".join(lines)

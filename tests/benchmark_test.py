@@ -8,6 +8,7 @@ import tempfile
 
 from unittest import mock
 
+import jax
 import optax
 from absl.testing import absltest
 
@@ -82,6 +83,20 @@ class BenchmarkTest(absltest.TestCase):
                 [config.timed_steps] * len(required) * config.rounds)
     self.assertEqual(timed_by_the_benchmark, sorted(expected))
     self.assertEqual(calls, [2, 2])  # the loop's own calls, through the same method
+
+  def test_compile_section_compares_the_loops_options_with_the_defaults(self):
+    config = benchmark_config.get_config("smoke")
+    cache_before = jax.config.jax_enable_compilation_cache
+    results = benchmark.benchmark_compile(config)
+    self.assertEqual(jax.config.jax_enable_compilation_cache, cache_before)
+    self.assertEqual(set(results), {"plain", "project_out_k4"})
+    for row in results.values():
+      self.assertEqual(row["options"], training.CPU_COMPILER_OPTIONS)
+      self.assertGreater(row["compile_seconds_default"], 0)
+      self.assertGreater(row["compile_ratio"], 0)
+      self.assertGreater(row["step_ratio"], 0)
+      # Two steps of the same computation under two code generators: float32 rounding apart.
+      self.assertLess(row["max_relative_param_difference"], 1e-5)
 
   def test_bad_config_names_the_field_before_measuring(self):
     workdir = os.path.join(tempfile.mkdtemp(), "bench")

@@ -246,7 +246,8 @@ def make_task_decodability(task: Task, config: ml_collections.ConfigDict,
   return directions.make_decodability(
       task.model, task.dataset.eval_sets["val_ood"], field="concept", sites=task.model.site_names,
       position=task.position, heldout_fraction=0.5, l2=config.decodability_l2,
-      steps=config.decodability_steps, interventions=eval_interventions)
+      steps=config.decodability_steps, interventions=eval_interventions,
+      compiler_options=training.compiler_options())
 
 
 def decodability_evaluator(task: Task, plan: ArmPlan, config: ml_collections.ConfigDict,

@@ -106,8 +106,10 @@ class _DecodabilityFn:
   def __init__(self, model: Model, batch: Mapping[str, Any], *, field: str,
                sites: Iterable[str] | str | None, position: int | None, heldout_fraction: float,
                seed: int, max_rows: int | None, num_classes: int | None, batch_size: int,
-               l2: float, steps: int, interventions=None):
+               l2: float, steps: int, interventions=None,
+               compiler_options: Mapping[str, Any] | None = None):
     self._model = model
+    self._compiler_options = dict(compiler_options or {})
     self._interventions = interventions
     self._batch = {name: np.asarray(value) for name, value in batch.items()}
     what = f"decodability ({model.name})"
@@ -188,7 +190,7 @@ class _DecodabilityFn:
           heldout_accuracy.append(accuracies[1])
       return jnp.stack(train_accuracy), jnp.stack(heldout_accuracy)
 
-    return jax.jit(one_run)
+    return jax.jit(one_run, compiler_options=self._compiler_options)
 
   def __call__(self, stacked_params: Any, stacked_run: Any = None) -> Decodability:
     """(S, num_sites) held-out accuracies for params with a leading run axis S.
@@ -245,7 +247,8 @@ def make_decodability(model: Model, batch: Mapping[str, Any], *, field: str = "c
                       sites: Iterable[str] | str | None = None, position: int | None = None,
                       heldout_fraction: float = 0.3, seed: int = 0, max_rows: int | None = None,
                       num_classes: int | None = None, batch_size: int = 512, l2: float = 1e-2,
-                      steps: int = 300, interventions=None) -> _DecodabilityFn:
+                      steps: int = 300, interventions=None,
+                      compiler_options: Mapping[str, Any] | None = None) -> _DecodabilityFn:
   """A reusable measurement: ``measure(stacked_params) -> Decodability`` with (S, num_sites) arrays.
 
   Args:
@@ -262,13 +265,15 @@ def make_decodability(model: Model, batch: Mapping[str, Any], *, field: str = "c
       evaluation interventions, applied in the forward pass that is probed (the model as
       deployed, e.g. with an arm's evaluation-time ablation). ``run`` is one run's view, passed
       run-stacked as the call's second argument; ``batch`` holds the chunk's ``inputs``.
+    compiler_options: XLA options for its program (`jax.jit`'s), e.g. the training loop's
+      `landscape.training.compiler_options()`.
 
   The first call compiles (per params shape); later calls with params of the same shapes reuse it.
   """
   return _DecodabilityFn(model, batch, field=field, sites=sites, position=position,
                          heldout_fraction=heldout_fraction, seed=seed, max_rows=max_rows,
                          num_classes=num_classes, batch_size=batch_size, l2=l2, steps=steps,
-                         interventions=interventions)
+                         interventions=interventions, compiler_options=compiler_options)
 
 
 def decodability_over_runs(model: Model, stacked_params: Any, batch: Mapping[str, Any],
