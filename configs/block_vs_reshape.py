@@ -6,15 +6,19 @@
       --workdir=/tmp/landscape/bvr_smoke
   python -m experiments.block_vs_reshape --config=configs/block_vs_reshape.py:planted \
       --workdir=/tmp/landscape/bvr_planted
+  python -m experiments.block_vs_reshape --config=configs/block_vs_reshape.py:confirm \
+      --workdir=workdirs/block_vs_reshape_confirm
 
 Presets: "" (every task and arm, 5 seeds; minutes on a 2-core CPU), "smoke" (every task and arm,
 2 seeds, a few steps: seconds of training, for tests), "planted" (decoy digits whose patch carries no
 label information in training: a shortcut no model can use, where every arm should match plain
-training), "long" (10 seeds, more steps). Rerunning the same command resumes: finished arms are read back, an interrupted arm
+training), "confirm" (the default on fresh seeds 10-14, judged on four pre-registered criteria: the
+three of the exploratory run and the best block's decodability above the oracle's), "long" (10 seeds, more steps). Rerunning the same command resumes: finished arms are read back, an interrupted arm
 resumes from its last checkpoint.
 """
 
 import ml_collections
+import numpy as np
 
 from landscape import training
 from landscape.block_vs_reshape import ARMS
@@ -24,6 +28,25 @@ from landscape.block_vs_reshape import TASKS
 def _grids(**values) -> ml_collections.ConfigDict:
   """Each reshaping arm's grid of weights (adversary: lambda; steering: alpha; the rest: lambda)."""
   return ml_collections.ConfigDict({name: tuple(grid) for name, grid in values.items()})
+
+
+def _rrr_paper(config: ml_collections.ConfigDict, *, smoke: bool) -> None:
+  """The sample-efficiency study alone, in the settings of Ross et al.'s script (dtak/rrr,
+  bin/check_color_data_requirements.py); "smoke": one small size, a small budget, for tests."""
+  config.tasks = ""
+  config.num_seeds = 3
+  config.toy_colors.learning_rate = 1e-3
+  settings = config.sample_efficiency
+  settings.update(dict(
+      generator="reference", input_scale="raw", init_scale=0.1, hidden_sizes=(50, 30), l2=1e-4,
+      explanation_weight=10000.0, explanation_normalize="annotated", schedule="epochs",
+      example_budget=320000, max_batch_size=256, num_train=20000, num_eval=20000,
+      rule="first_above", thresholds=(0.8, 0.9, 0.99),
+      sizes=tuple(int(n) for n in np.logspace(1, 4, 32).astype(int))))
+  if smoke:
+    config.num_seeds = 2
+    settings.update(dict(sizes=(6,), example_budget=24, max_batch_size=4, num_train=6,
+                         num_eval=50))  # 6 examples: one full batch of 4 and a remainder of 2
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -44,6 +67,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.probe_batch_size = 256     # examples a refit reads
   config.decodability_steps = 200   # logistic-probe steps of each decodability probe
   config.decodability_l2 = 1e-2
+  config.criteria = "exploratory"   # or "confirmatory": adds the over-oracle decodability criterion
 
   config.decoy_digits = ml_collections.ConfigDict(dict(
       steps=0, batch_size=0, patch_size=3, hidden_sizes=(64, 64), learning_rate=1e-3,
@@ -67,8 +91,20 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   config.sample_efficiency = ml_collections.ConfigDict(dict(
       enabled=True, sizes=(16, 32, 64, 128, 256, 512, 1024, 2048), steps=1000,
-      explanation_weight=1000.0 / 255.0**2, thresholds=(0.8, 0.9)))
-  # The paper's lambda = 1000 on inputs in 0-255 is 1000 / 255^2 on ours, in [0, 1].
+      explanation_weight=1000.0 / 255.0**2, thresholds=(0.8, 0.9, 0.99),
+      # Each a switch toward the paper's script (the rrr_paper preset sets them all):
+      generator="landscape",      # "reference": dtak/rrr's draws of the rule-breaking class
+      input_scale="unit",         # "raw": pixel values 0-255
+      init_scale=0.0,             # 0: flax's initialisers; s > 0: every weight and bias s x N(0, 1)
+      hidden_sizes=(),            # (): config.toy_colors.hidden_sizes
+      l2=0.0,                     # coefficient of ||theta||^2 added to the loss
+      explanation_normalize="examples",  # "annotated": divided by the annotated entries in the batch
+      schedule="steps",           # "epochs": int(example_budget / n) in-order passes over n examples
+      example_budget=320000, max_batch_size=256,  # the "epochs" schedule's, batch min(256, n)
+      num_train=0, num_eval=0,    # 0: the largest size; config.toy_colors.num_eval
+      rule="interpolate"))        # "first_above": the first size strictly above the threshold
+  # The paper's full-data demos use lambda = 1000 with sums on inputs in 0-255: 1000 / 255^2 on ours,
+  # in [0, 1], averaged over examples. Its sample-efficiency script uses 10,000 per annotated entry.
 
   if preset == "smoke":
     config.num_seeds = 2
@@ -88,6 +124,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         config.grids[task][name] = config.grids[task][name][1:2]
     config.sample_efficiency.sizes = (16, 64)
     config.sample_efficiency.steps = 20
+  elif preset == "confirm":
+    # The confirmatory run: the grids as they stand (frozen before it), fresh seeds, and the
+    # comparison with the oracle as a fourth pre-registered criterion.
+    config.seed = 10
+    config.criteria = "confirmatory"
+  elif preset in ("rrr_paper", "rrr_paper_smoke"):
+    _rrr_paper(config, smoke=preset == "rrr_paper_smoke")
   elif preset == "planted":
     config.tasks = "decoy_digits"
     config.decoy_digits.train_decoy = "random"
@@ -99,6 +142,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.checkpoint_every = 1000
   elif preset:
     raise ValueError(f"configs/block_vs_reshape.py: unknown preset {preset!r}; expected smoke, "
-                     "planted or long")
+                     "confirm, planted or long")
   config.lock()
   return config

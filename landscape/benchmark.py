@@ -228,7 +228,6 @@ def benchmark_compile(config: ml_collections.ConfigDict) -> dict[str, Any]:
       step = training.make_train_step(model=model, objective=objective, optimizer=optimizer,
                                       refreshers=variant.refreshers,
                                       optimizer_extra_args=variant.optimizer_extra_args)
-      chunk = training.make_chunk(step, dataset, config.batch_size)
       state = training.stack_runs([training.init_state(key, model=model, objective=objective,
                                                        optimizer=optimizer,
                                                        refreshers=variant.refreshers)])
@@ -237,7 +236,9 @@ def benchmark_compile(config: ml_collections.ConfigDict) -> dict[str, Any]:
       reached = {}
       for _ in range(config.compile_rounds):
         for label, compiler_options in options.items():
-          # A fresh jit each time: nothing is reused from an earlier compile of the same program.
+          # A fresh chunk function each time: JAX's in-memory caches are keyed on the function, so
+          # nothing is reused from an earlier compile of the same program.
+          chunk = training.make_chunk(step, dataset, config.batch_size)
           program = jax.jit(chunk, static_argnums=(2,), compiler_options=compiler_options)
           start = time.perf_counter()
           compiled = program.lower(state, dataset.arrays, config.timed_steps).compile()

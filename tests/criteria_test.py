@@ -18,6 +18,7 @@ from configs import block_vs_reshape as flagship_config
 from landscape import analysis
 from landscape import block_vs_reshape
 from landscape import cli
+from landscape import training
 from landscape.block_vs_reshape import _criteria
 from landscape.block_vs_reshape import _report
 from landscape.block_vs_reshape import _results
@@ -55,7 +56,8 @@ def _by_name(name):
 RESHAPING_BEATS_BLOCKING = _by_name("reshaping beats blocking")
 CLOSE_TO_ORACLE = _by_name("reshaping comes close to the oracle")
 STAYS_DECODABLE = _by_name("blocked concept stays decodable")
-# Issue 12's criterion, as a user would add it: one more value, no new code.
+# Issue 12's criterion, as a user would add it: one more value, no new code (the library's own is
+# `_criteria.OVER_ORACLE`; this one's sentence is shorter).
 OVER_ORACLE = _criteria.Criterion(
     name="blocked network decodes more than the oracle",
     first=_criteria.best("blocking", _criteria.DECODABILITY),
@@ -254,7 +256,7 @@ class ReportTest(absltest.TestCase):
     super().setUp()
     self.workdir = self.enter_context(tempfile.TemporaryDirectory())
     self.arms = _fake_run(self.workdir)
-    self.config = ml_collections.ConfigDict(dict(num_seeds=2))
+    self.config = ml_collections.ConfigDict(dict(num_seeds=2, criteria="exploratory"))
 
   def _write(self, **kwargs):
     summary = _report.write(self.config, self.workdir, tasks=["decoy_digits"], arms=self.arms,
@@ -309,6 +311,31 @@ class ReportTest(absltest.TestCase):
                                summary["tasks"]["decoy_digits"]["criteria"]):
       self.assertIn(verdict.sentence, report)
       self.assertEqual(verdict.as_dict(), stored)
+
+  def test_the_confirmatory_set_judges_the_oracle_comparison_as_a_fourth_criterion(self):
+    exploratory_summary, exploratory_report = self._write(command="c")
+    self.config.criteria = "confirmatory"
+    summary, report = self._write(command="c")
+    verdicts = summary["tasks"]["decoy_digits"]["criteria"]
+    self.assertLen(verdicts, 4)
+    self.assertEqual(verdicts[:3], exploratory_summary["tasks"]["decoy_digits"]["criteria"])
+    self.assertEqual(verdicts[3]["name"], _criteria.OVER_ORACLE.name)
+    # ablate_fixed (site=1) [0.50, 0.52] minus the oracle [0.20, 0.25] at hidden_0, as in the note.
+    over_oracle = summary["tasks"]["decoy_digits"]["decodability_blocking_minus_oracle"]
+    self.assertEqual(verdicts[3]["estimate"], over_oracle["hidden_0"])
+    self.assertEqual(verdicts[3]["verdict"], analysis.HOLDS)
+    self.assertIn("Criteria (pre-registered, for the confirmatory run): ", report)
+    self.assertIn(_criteria.OVER_ORACLE.describe(), report)
+    self.assertIn("Not pre-registered", exploratory_report)
+    self.assertNotIn("Not pre-registered", report)
+
+  def test_an_unknown_criteria_set_is_named_before_anything_runs(self):
+    config = flagship_config.get_config("smoke")
+    config.criteria = "confirmed"
+    with self.assertRaisesRegex(training.ConfigError,
+                                r"config.criteria='confirmed': expected one of \['confirmatory', "
+                                r"'exploratory'\]"):
+      _run.validate(config)
 
   def test_an_added_criterion_reaches_the_report(self):
     criteria = _criteria.PREREGISTERED + (OVER_ORACLE,)

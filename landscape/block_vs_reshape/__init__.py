@@ -29,6 +29,8 @@ from landscape.block_vs_reshape._arms import ARMS
 from landscape.block_vs_reshape._arms import Arm
 from landscape.block_vs_reshape._arms import FAMILIES
 from landscape.block_vs_reshape._arms import plan_arm
+from landscape.block_vs_reshape._criteria import CRITERIA
+from landscape.block_vs_reshape._criteria import OVER_ORACLE
 from landscape.block_vs_reshape._criteria import PREREGISTERED
 from landscape.block_vs_reshape._criteria import Criterion
 from landscape.block_vs_reshape._criteria import Verdict

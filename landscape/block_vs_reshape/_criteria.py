@@ -209,6 +209,24 @@ PREREGISTERED = (
 )
 
 
+# Added after the exploratory run's results were seen (criterion 3 holds even in the planted null):
+# the best block's decodability minus the oracle's, paired by seed, at some site. Pre-registered
+# for the confirmatory run only (`CRITERIA`).
+OVER_ORACLE = Criterion(
+    name="blocked network decodes more than the oracle",
+    first=best("blocking", DECODABILITY), second=arm("oracle", DECODABILITY),
+    direction=AT_LEAST, bound=0.01,
+    statement=("the best block's decodability minus the oracle's (paired by seed) {symbol} "
+               "{bound:g} at some site"),
+    sentence=("Best blocking arm {first} minus the oracle, decodability (95% CI over paired seeds): "
+              "{per_site}; highest at `{site}`; pre-registered {direction} {bound:.2f} at some "
+              "site: **{verdict}**."))
+
+# The criteria a run is judged on, by ``config.criteria``: the exploratory run's three, or those
+# and `OVER_ORACLE`, fixed before the confirmatory run on fresh seeds.
+CRITERIA = {"exploratory": PREREGISTERED, "confirmatory": PREREGISTERED + (OVER_ORACLE,)}
+
+
 def evaluate_all(results: Sequence[ArmResult],
                  criteria: Sequence[Criterion] = PREREGISTERED) -> list[Verdict]:
   """Every criterion of ``criteria``, judged from one task's results, in order."""

@@ -1,8 +1,8 @@
 """report.md, its figures, summary.json and metrics.jsonl, computed from the arms' own files.
 
 Four steps: load (every arm's results, read back from its files: `load_results`), judge (the
-pre-registered criteria, `PREREGISTERED`, each on its 95% interval over seeds, and the
-comparison with the oracle beside them), figures, and markdown. Differences between arms pair runs
+pre-registered criteria of ``config.criteria``, `CRITERIA`, each on its 95% interval over seeds, and
+the comparison with the oracle beside them), figures, and markdown. Differences between arms pair runs
 by seed.
 """
 
@@ -21,7 +21,9 @@ from matplotlib.figure import Figure
 
 from landscape import analysis
 from landscape import training
+from landscape.block_vs_reshape._criteria import CRITERIA
 from landscape.block_vs_reshape._criteria import DECODABILITY
+from landscape.block_vs_reshape._criteria import OVER_ORACLE
 from landscape.block_vs_reshape._criteria import PREREGISTERED
 from landscape.block_vs_reshape._criteria import Criterion
 from landscape.block_vs_reshape._criteria import Verdict
@@ -209,15 +211,31 @@ def figure_sample_efficiency(efficiency: dict[str, Any], path: str) -> None:
 
 
 def _efficiency_section(efficiency: dict[str, Any]) -> list[str]:
+  settings = efficiency.get("settings", {})
+  if settings.get("schedule") == "epochs":
+    training_text = ("int(320,000 / n) passes over the n examples in order, batch min(256, n) (the "
+                     "paper's schedule)")
+  else:
+    training_text = f"{efficiency['steps']} steps"
+  if settings.get("explanation_normalize") == "annotated":
+    weight_text = (f"{efficiency['explanation_weight']:.4g}, the penalty divided by the number of "
+                   "annotated entries in the batch (the paper's sample-efficiency script: 10,000)")
+  else:
+    weight_text = (f"{efficiency['explanation_weight']:.4g}, the penalty averaged over examples "
+                   "(the paper's full-data demos' 1000 with sums, on 0-255 inputs, rescaled to "
+                   "inputs in [0, 1]; its sample-efficiency script used 10,000 per annotated "
+                   "entry on 0-255 inputs)")
+  if settings.get("rule") == "first_above":
+    rule_text = "the first size whose mean accuracy is strictly above the threshold (the paper's rule)"
+  else:
+    rule_text = "read off the mean curve (log-linear between sizes)"
   lines = ["## Toy Colors sample efficiency", "",
            f"{len(efficiency['sizes'])} training-set sizes x {efficiency['num_seeds']} seeds per "
-           f"condition, {efficiency['steps']} steps, explanation lambda = "
-           f"{efficiency['explanation_weight']:.4g} (the paper's 1000 on 0-255 inputs). "
+           f"condition, {training_text}, explanation lambda = {weight_text}. "
            "`pro_rule1`: every pixel but the corners annotated irrelevant (rule 1 is the reason); "
-           "`anti_rule1`: the corners annotated irrelevant (rule 1 forbidden). Examples needed are "
-           "read off the mean curve (log-linear between sizes); the published ratios (Ross et al. "
-           "2017) are label-only over "
-           "annotated examples.", "",
+           "`anti_rule1`: the corners annotated irrelevant (rule 1 forbidden). Examples needed: "
+           f"{rule_text}; the published ratios (Ross et al. 2017, one run per size) are label-only "
+           "over `pro_rule1` examples.", "",
            "| test set | accuracy | label-only | pro_rule1 | anti_rule1 | ratio pro | ratio anti | "
            "published ratio |", "|---|---|---|---|---|---|---|---|"]
   count = lambda value: "not reached" if value is None else f"{value:.0f}"
@@ -241,7 +259,11 @@ def _efficiency_section(efficiency: dict[str, Any]) -> list[str]:
 
 def write_figures(workdir: str, all_results: dict[str, list[ArmResult]],
                   sample_efficiency: dict[str, Any] | None) -> None:
-  """The report's PNG figures, into ``workdir``."""
+  """The report's PNG figures, into ``workdir`` (the task figures only when a task ran)."""
+  if sample_efficiency is not None:
+    figure_sample_efficiency(sample_efficiency, os.path.join(workdir, "sample_efficiency.png"))
+  if not all_results:
+    return
   figure_over_training(all_results, lambda result: HEADLINE_METRICS["ood_accuracy"], "OOD accuracy",
                        os.path.join(workdir, "ood_accuracy.png"), lambda task: TASK_TITLES[task])
   figure_over_training(
@@ -249,8 +271,6 @@ def write_figures(workdir: str, all_results: dict[str, list[ArmResult]],
       "concept decodability", os.path.join(workdir, "decodability_over_training.png"),
       lambda task: f"{task}: at `{all_results[task][0].sites()[0]}`")
   figure_decodability(all_results, os.path.join(workdir, "decodability.png"))
-  if sample_efficiency is not None:
-    figure_sample_efficiency(sample_efficiency, os.path.join(workdir, "sample_efficiency.png"))
 
 
 def markdown(judged: dict[str, Judged], *, criteria: Sequence[Criterion],
@@ -258,27 +278,31 @@ def markdown(judged: dict[str, Judged], *, criteria: Sequence[Criterion],
              device: str, command: str) -> str:
   """report.md's text: the command, the criteria, each task's tables and verdicts, the figures.
 
-  criteria: those ``judged`` was judged on, listed at the top.
+  criteria: those ``judged`` was judged on, listed at the top. With `OVER_ORACLE` among them
+  (the confirmatory set) the comparison with the oracle is a criterion, not a note beside them.
   """
+  confirmatory = OVER_ORACLE in criteria
   lines = ["# Naive blocking versus landscape reshaping", "",
            f"Command: `{command}`", "",
            f"{num_seeds} seeds per arm, each arm's seeds and grid points trained together in one "
            f"compiled program; grid points chosen on `{SELECTION_METRIC}` (a validation split "
            "drawn like the OOD test, disjoint from it); means with 95% t-intervals over seeds. "
            f"Wall time {seconds:.0f} s on {device}.", "",
-           "Criteria (pre-registered): "
+           f"Criteria (pre-registered{', for the confirmatory run' if confirmatory else ''}): "
            + "; ".join(criterion.describe() for criterion in criteria)
            + ". Each is judged on its 95% interval: holds / fails / inconclusive.", "",
-           "![OOD accuracy over training](ood_accuracy.png)", "",
-           "![decodability](decodability.png)", "",
-           "![decodability over training](decodability_over_training.png)", ""]
+           *(["![OOD accuracy over training](ood_accuracy.png)", "",
+              "![decodability](decodability.png)", "",
+              "![decodability over training](decodability_over_training.png)", ""]
+             if judged else [])]
   for task, task_judged in judged.items():
     lines += [f"## {TASK_TITLES[task]}", "",
               f"The model and its sites: [{task}/model.html]({task}/model.html); each refitting "
               f"arm's directions at the end: `{task}/<arm>/directions.html`.", "",
               results_table(task_judged.results), "", "Criteria:", ""]
     lines += [f"- {verdict.sentence}" for verdict in task_judged.verdicts]
-    lines += ["", _over_oracle_sentence(task_judged.results, task_judged.over_oracle)]
+    if not confirmatory:
+      lines += ["", _over_oracle_sentence(task_judged.results, task_judged.over_oracle)]
     lines += ["", "Decodability of the shortcut concept at the end (held-out linear probe on "
               "`val_ood`, with each arm's evaluation-time interventions):", "",
               decodability_table(task_judged.results), ""]
@@ -324,10 +348,11 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], 
   command: what produced the run, as the report names it (the binary passes its command line);
   None names `DEFAULT_COMMAND`.
   """
+  criteria = CRITERIA[config.criteria]
   all_results = load_results(workdir, tasks, arms)
-  judged = judge(all_results, PREREGISTERED)
+  judged = judge(all_results, criteria)
   write_figures(workdir, all_results, sample_efficiency)
-  text = markdown(judged, criteria=PREREGISTERED, sample_efficiency=sample_efficiency, num_seeds=config.num_seeds,
+  text = markdown(judged, criteria=criteria, sample_efficiency=sample_efficiency, num_seeds=config.num_seeds,
                   seconds=seconds, device=_device(), command=command or DEFAULT_COMMAND)
   with open(os.path.join(workdir, "report.md"), "w") as handle:
     handle.write(text)

@@ -19,6 +19,7 @@ from landscape.block_vs_reshape._arms import ARMS
 from landscape.block_vs_reshape._arms import EVAL_METRICS
 from landscape.block_vs_reshape._arms import decodability_evaluator
 from landscape.block_vs_reshape._arms import make_task_decodability
+from landscape.block_vs_reshape._criteria import CRITERIA
 from landscape.block_vs_reshape._arms import plan_arm
 from landscape.block_vs_reshape._schedule import loop_config
 from landscape.block_vs_reshape._schedule import settings_identity
@@ -88,11 +89,15 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   arms = [name for name in config.arms.split(",") if name]
   for field, chosen, known in (("tasks", tasks, TASKS), ("arms", arms, ARMS)):
     unknown = sorted(set(chosen) - set(known))
-    if unknown or not chosen:
+    # No task is a run of the sample-efficiency study alone (the rrr_paper preset).
+    allowed_empty = field == "tasks" and config.sample_efficiency.enabled
+    if unknown or (not chosen and not allowed_empty):
       raise ConfigError(f"config.{field}={config[field]!r}: unknown {unknown or 'empty'}; expected "
                         f"a comma-separated subset of {known}")
   if config.num_seeds < 2:
     raise ConfigError(f"config.num_seeds={config.num_seeds}: intervals over seeds need at least 2")
+  if config.criteria not in CRITERIA:
+    raise ConfigError(f"config.criteria={config.criteria!r}: expected one of {sorted(CRITERIA)}")
   training.check_positive(config, ["refit_every", "probe_batch_size", "decodability_steps",
                                    "evaluations"])
   for task in tasks:

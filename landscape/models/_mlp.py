@@ -43,16 +43,23 @@ class MLP(nnx.Module):
 
   Inputs (B, ...) are flattened to (B, in_features); outputs are logits (B, num_classes).
   Sites ``hidden_{i}`` hold hidden layer i after its activation, (B, hidden_sizes[i]).
+
+  ``init_scale``: None for flax's initialisers (LeCun-normal kernels, zero biases); a float s draws
+  every weight and bias as s x N(0, 1), as Ross et al. (2017)'s reference code does with s = 0.1.
   """
 
   def __init__(self, in_features: int, hidden_sizes: Sequence[int], num_classes: int, *,
-               rngs: nnx.Rngs, activation: Callable[[jax.Array], jax.Array] = jax.nn.relu):
-    widths = [in_features, *hidden_sizes]
-    self.hidden = nnx.List([
-        nnx.Linear(width_in, width_out, rngs=rngs)
-        for width_in, width_out in zip(widths[:-1], widths[1:])
-    ])
-    self.output = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+               rngs: nnx.Rngs, activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+               init_scale: float | None = None):
+    widths = [in_features, *hidden_sizes, num_classes]
+    initialisers = {}
+    if init_scale is not None:
+      normal = nnx.initializers.normal(stddev=init_scale)
+      initialisers = dict(kernel_init=normal, bias_init=normal)
+    layers = [nnx.Linear(width_in, width_out, rngs=rngs, **initialisers)
+              for width_in, width_out in zip(widths[:-1], widths[1:])]
+    self.hidden = nnx.List(layers[:-1])
+    self.output = layers[-1]
     self.activation = activation
 
   def site_names(self) -> tuple[str, ...]:
@@ -70,9 +77,16 @@ class MLP(nnx.Module):
 
 
 def mlp(in_features: int, hidden_sizes: Sequence[int], num_classes: int, *,
-        activation: Callable[[jax.Array], jax.Array] = jax.nn.relu) -> Model:
-  """An `MLP` as a `Model`; params are {"hidden": {"0": {"kernel", "bias"}, ...}, "output": ...}."""
+        activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+        init_scale: float | None = None) -> Model:
+  """An `MLP` as a `Model`; params are {"hidden": {"0": {"kernel", "bias"}, ...}, "output": ...}.
+
+  ``init_scale``: see `MLP` (None: flax's initialisers; s: every weight and bias s x N(0, 1)).
+  """
   hidden_sizes = tuple(hidden_sizes)
+  if init_scale is not None and not init_scale > 0:
+    raise BadInputError(f"mlp: init_scale={init_scale!r}; expected None or a positive float")
   return from_nnx(
-      lambda rngs: MLP(in_features, hidden_sizes, num_classes, rngs=rngs, activation=activation),
+      lambda rngs: MLP(in_features, hidden_sizes, num_classes, rngs=rngs, activation=activation,
+                       init_scale=init_scale),
       name="mlp")

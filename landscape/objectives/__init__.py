@@ -37,4 +37,5 @@ from landscape.objectives._observer import readout_loss
 from landscape.objectives._observer import ridge_fit
 from landscape.objectives._observer import rsa_alignment
 from landscape.objectives._observer import rsa_distance
+from landscape.objectives._regularizers import l2_penalty
 from landscape.objectives._steering import preventative_steering

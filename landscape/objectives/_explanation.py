@@ -5,9 +5,12 @@ summed log-probabilities on the inputs an annotator marked irrelevant:
 
     lambda * sum_n sum_d (A_nd * d/dx_nd sum_k log p(k | x_n))^2
 
-with A_nd = 1 on irrelevant inputs. The paper sums this and the cross-entropy over the batch; here both
-are averaged over the batch (`cross_entropy` and `explanation_penalty`), which divides both by N and
-leaves their ratio, hence lambda, unchanged (lambda = 1000 on decoy MNIST).
+with A_nd = 1 on irrelevant inputs. The paper's full-data demos sum this and the cross-entropy over
+the batch (lambda = 1000 on decoy MNIST, inputs in 0-255); here both are averaged over the batch
+(`cross_entropy` and `explanation_penalty`), which divides both by N and leaves their ratio, hence
+lambda, unchanged. Its Toy Colors sample-efficiency script (bin/check_color_data_requirements.py,
+``normalize=True``) instead divides the penalty by the number of annotated entries in the batch,
+sum_n sum_d A_nd, with lambda = 10,000: ``normalize="annotated"`` here.
 
 The site version differentiates the same summed log-probabilities with respect to a site's
 activation, through an intervention that adds a zero perturbation (``act + delta``, delta = 0) and
@@ -75,19 +78,28 @@ def _per_example_sum(values: jax.Array) -> jax.Array:
   return jnp.sum(values.reshape(values.shape[0], -1), axis=1)
 
 
+NORMALIZATIONS = ("examples", "annotated")
+
+
 def explanation_penalty(*, weight: Weight = 1.0, mask_key: str = "mask", inputs_key: str = "inputs",
-                        name: str = "explanation") -> Term:
+                        normalize: str = "examples", name: str = "explanation") -> Term:
   """Ross et al. (2017)'s "right reasons" term, exactly, averaged over the batch.
 
-  Value: ``mean_n sum_d (A_nd * g_nd)^2`` with ``g_n = d(sum_k log p(k | x_n))/dx_n`` (log p the
+  Value (``normalize="examples"``): ``mean_n sum_d (A_nd * g_nd)^2`` with ``g_n = d(sum_k log p(k | x_n))/dx_n`` (log p the
   log-softmax of the logits, summed over classes, and over positions for sequence outputs) and
   ``A = batch[mask_key]`` shaped like the inputs, 1 on the inputs annotated irrelevant. ``weight``
-  is the paper's lambda. Metric ``masked_gradient_norm``: the mean over examples of the masked
-  gradient's norm.
+  is the paper's lambda. ``normalize="annotated"``: ``sum_n sum_d (A_nd * g_nd)^2 / max(1, sum_n
+  sum_d A_nd)``, the sum divided by the number of annotated entries in the batch (with a 0/1 mask),
+  as the paper's sample-efficiency script. Metric ``masked_gradient_norm``: the mean over examples
+  of the masked gradient's norm.
 
   The gradient is taken through ``inputs.forward`` (the training interventions applied) at
   ``batch[inputs_key]``, which must be floating point.
   """
+
+  if normalize not in NORMALIZATIONS:
+    raise BadInputError(f"loss term {name!r}: normalize={normalize!r}; expected one of "
+                        f"{NORMALIZATIONS}")
 
   def fn(inputs: TermInputs):
     x = batch_field(inputs.batch, inputs_key, term=name)
@@ -96,8 +108,12 @@ def explanation_penalty(*, weight: Weight = 1.0, mask_key: str = "mask", inputs_
       raise BadInputError(f"loss term {name!r}: mask batch[{mask_key!r}] has shape {mask.shape}, the "
                           f"inputs batch[{inputs_key!r}] {x.shape}; they must match")
     gradients = input_gradients(inputs.forward, inputs.params, x).astype(jnp.float32)
-    squared = _per_example_sum(jnp.square(mask.astype(jnp.float32) * gradients))
-    return jnp.mean(squared), {"masked_gradient_norm": jnp.mean(jnp.sqrt(squared))}
+    mask = mask.astype(jnp.float32)
+    squared = _per_example_sum(jnp.square(mask * gradients))
+    metrics = {"masked_gradient_norm": jnp.mean(jnp.sqrt(squared))}
+    if normalize == "annotated":
+      return jnp.sum(squared) / jnp.maximum(1.0, jnp.sum(mask)), metrics
+    return jnp.mean(squared), metrics
 
   return Term(name=name, fn=fn, weight=weight)
 

@@ -31,10 +31,10 @@ MESH_AXES = ("seed", "data", "model")
 ParamRule = tuple[str, tuple[str | None, ...]]
 
 
-# XLA's CPU backend spends most of a small model's compile time in LLVM's optimisation passes. At
-# backend level 1 the flagship's training chunks compiled in 0.6-0.8 of the time and ran as fast
-# (BENCHMARKS.md); values agree with the default level's within float32 rounding, not bitwise (code
-# generation differs). Level 0 ran 3x slower.
+# XLA's CPU backend spends much of a small model's compile time in LLVM's optimisation passes. At
+# backend level 1 the flagship's training chunks compiled in 0.5-0.85 of the time at the same step
+# time (BENCHMARKS.md); values agree with the default level's within float32 rounding, not always
+# bitwise (code generation differs). Level 0 stepped 3x slower.
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
