@@ -13,7 +13,10 @@ JumpReLU and BatchTopK, a threshold, with ``encode``, ``decode`` and ``__call__`
     sae = optax.apply_updates(sae, updates)
     firing = sae_lib.update_firing(firing, aux.fired, acts.shape[0])
 
-Many SAEs of one shape train in one program by `stack_saes` and `jax.vmap` of the step.
+Many SAEs of one shape train in one program by `stack_saes` and `jax.vmap` of the step. The
+training itself (`init_train_state`, `make_train_step`: groups of SAEs over one activation stream from
+a model's site, arrays or a planted dictionary) is in `_train`; ``landscape.train_sae.run`` adds the
+files (metrics, checkpoints, report). `live_sae` keeps an SAE current during a model's training.
 """
 
 from landscape.sae._architectures import ARCHITECTURES
@@ -59,6 +62,14 @@ from landscape.sae._metrics import model_logits_with
 from landscape.sae._metrics import normalized_mse
 from landscape.sae._metrics import update_density
 from landscape.sae._metrics import zero_ablation
+from landscape.sae._live import LiveSAE
+from landscape.sae._live import LiveSAEValue
+from landscape.sae._live import live_sae
+from landscape.sae._planted import PlantedDictionary
+from landscape.sae._planted import Recovery
+from landscape.sae._planted import feature_recovery
+from landscape.sae._planted import planted_dictionary
+from landscape.sae._planted import sample_planted
 from landscape.sae._saelens import CONFIG_FILENAME
 from landscape.sae._saelens import WEIGHTS_FILENAME
 from landscape.sae._saelens import LoadedSAE
@@ -66,12 +77,41 @@ from landscape.sae._saelens import SAEFileError
 from landscape.sae._saelens import check_sae_width
 from landscape.sae._saelens import load_saelens
 from landscape.sae._saelens import save_saelens
+from landscape.sae._sources import ActivationSource
+from landscape.sae._sources import BufferState
+from landscape.sae._sources import array_source
+from landscape.sae._sources import model_source
+from landscape.sae._sources import planted_source
 from landscape.sae._stacking import stack_saes
 from landscape.sae._stacking import unstack_saes
 from landscape.sae._topk import TWO_STAGE_MIN_WIDTH
 from landscape.sae._topk import top_k
 from landscape.sae._topk import two_stage_top_k
 from landscape.sae._topk import uses_two_stages
+from landscape.sae._train import K_ARCHITECTURES
+from landscape.sae._train import EvalStats
+from landscape.sae._train import Hyperparams
+from landscape.sae._train import Member
+from landscape.sae._train import Recipe
+from landscape.sae._train import SAEGroup
+from landscape.sae._train import SAEState
+from landscape.sae._train import SAETrainState
+from landscape.sae._train import all_labels
+from landscape.sae._train import check_group
+from landscape.sae._train import check_groups
+from landscape.sae._train import evaluate_sae
+from landscape.sae._train import group_metrics_by_label
+from landscape.sae._train import init_group_state
+from landscape.sae._train import init_sae_state
+from landscape.sae._train import init_train_state
+from landscape.sae._train import learning_rate_factor
+from landscape.sae._train import make_evaluate
+from landscape.sae._train import make_train_chunk
+from landscape.sae._train import make_train_step
+from landscape.sae._train import member_hyperparams
+from landscape.sae._train import sae_optimizer
+from landscape.sae._train import sae_train_step
+from landscape.sae._train import trained_saes
 from landscape.sae._training import B_DEC_METHODS
 from landscape.sae._training import FiringState
 from landscape.sae._training import dead_latents

@@ -141,6 +141,10 @@ class Member:
   auxk_coefficient: float = 1 / 32
 
 
+_SHORT_NAMES = dict(learning_rate="lr", k="k", sparsity_coefficient="coef",
+                   auxk_coefficient="auxk")
+
+
 @dataclasses.dataclass(frozen=True)
 class SAEGroup:
   """SAEs of one recipe trained together (vmapped): ``name`` for reports, and its members."""
@@ -158,7 +162,8 @@ class SAEGroup:
                  if len({getattr(m, field.name) for m in self.members}) > 1 and field.name != "seed"]
     labels = []
     for member in self.members:
-      parts = [f"{name}{getattr(member, name)}" for name in differing] + [f"seed{member.seed}"]
+      parts = [f"{_SHORT_NAMES[name]}{getattr(member, name)}" for name in differing]
+      parts.append(f"seed{member.seed}")
       labels.append(f"{self.name}/" + "_".join(parts))
     return labels
 
@@ -325,7 +330,8 @@ def sae_optimizer(recipe: Recipe, learning_rate: jax.Array | float, total_steps:
   return optax.chain(*inner)
 
 
-def _hyperparams(group: SAEGroup, member: Member) -> Hyperparams:
+def member_hyperparams(group: SAEGroup, member: Member) -> Hyperparams:
+  """The traced hyper-parameters of ``member`` of ``group`` (its k schedule built here)."""
   recipe = group.recipe
   if recipe.uses_k and recipe.k_anneal_steps:
     schedule = k_annealing(recipe.k, group.member_k(member), recipe.k_anneal_steps)
@@ -357,7 +363,7 @@ def init_sae_state(key: jax.Array, recipe: Recipe, d_in: int, hyper: Hyperparams
 def init_group_state(group: SAEGroup, d_in: int, *, total_steps: int) -> SAEState:
   """The group's members' states stacked (member i from PRNGKey(seed_i))."""
   states = [init_sae_state(jax.random.PRNGKey(member.seed), group.recipe, d_in,
-                           _hyperparams(group, member), total_steps=total_steps)
+                           member_hyperparams(group, member), total_steps=total_steps)
             for member in group.members]
   saes = stack_saes([state.sae for state in states])
   rest = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
@@ -482,11 +488,12 @@ def make_train_chunk(groups: Sequence[SAEGroup], source: ActivationSource, *, to
   in one `jax.lax.scan`, jitted; metrics stacked over the steps (leading axis)."""
   step = make_train_step(groups, source, total_steps=total_steps)
 
-  @functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
   def chunk(state, arrays, num_steps):
     return jax.lax.scan(lambda carry, _: step(carry, arrays), state, None, length=num_steps)
 
-  return chunk
+  # The state's buffers are reused off the CPU (on a CPU a checkpoint may still be reading them).
+  donate = () if jax.default_backend() == "cpu" else (0,)
+  return jax.jit(chunk, static_argnums=2, donate_argnums=donate)
 
 
 @jax.tree_util.register_dataclass
