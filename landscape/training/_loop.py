@@ -57,7 +57,6 @@ from landscape.training._state import Refresher
 from landscape.training._state import TrainState
 from landscape.training._state import check_hparam_grid
 from landscape.training._state import check_names
-from landscape.training._state import stack_runs
 from landscape.training._step import ExtraArgsFn
 from landscape.training._step import MetricFn
 from landscape.training._step import init_state
@@ -512,7 +511,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
             for index, run in enumerate(runs)]
 
   mesh = _sharding.make_mesh(shape)
-  abstract = jax.eval_shape(lambda: stack_runs(run_states(init_one)))
+  # Runs differ in values, not shapes: one run's initialisation is traced, its shapes stacked.
+  first_run = jax.eval_shape(lambda: init_one(
+      jax.random.PRNGKey(runs[0]["seed"]),
+      hparams={name: value for name, value in runs[0].items() if name != "seed"},
+      initial_params=None if warm_start is None else warm_start.for_run(0)))
+  abstract = jax.tree_util.tree_map(
+      lambda leaf: jax.ShapeDtypeStruct((num_runs,) + leaf.shape, leaf.dtype),
+      first_run).replace(step=first_run.step)
   shardings = _sharding.state_shardings(abstract, mesh, param_rules)
   one_run = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
                                    abstract.replace(step=None))
