@@ -162,18 +162,28 @@ def random_tokens(config: ml_collections.ConfigDict) -> data.Dataset:
   return data.generator_dataset("random_tokens", generate, {})
 
 
-def benchmark_transforms(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Each variant's step time as the training loop's compiled chunk runs it (batch sampled inside)."""
+def _gpt_setup(config: ml_collections.ConfigDict):
+  """(model, key, params, dataset, objective): the benchmark's GPT on random tokens."""
   model = models.gpt(gpt_config(config.model))
   key = jax.random.PRNGKey(0)
-  params = model.init(key)
-  dataset = random_tokens(config)
-  objective = objectives.compose(objectives.cross_entropy())
+  return (model, key, model.init(key), random_tokens(config),
+          objectives.compose(objectives.cross_entropy()))
+
+
+def _variant_optimizer(config: ml_collections.ConfigDict,
+                       variant: Variant) -> optax.GradientTransformationExtraArgs:
+  """AdamW with the variant's transform (if any) chained before it."""
+  base = optax.adamw(config.learning_rate, weight_decay=0.1)
+  return (optax.chain(variant.transform, base) if variant.transform is not None else
+          optax.chain(base))
+
+
+def benchmark_transforms(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Each variant's step time as the training loop's compiled chunk runs it (batch sampled inside)."""
+  model, key, params, dataset, objective = _gpt_setup(config)
   runners, states = {}, {}
   for name, variant in transform_variants(config, model, params).items():
-    base = optax.adamw(config.learning_rate, weight_decay=0.1)
-    optimizer = (optax.chain(variant.transform, base) if variant.transform is not None else
-                 optax.chain(base))
+    optimizer = _variant_optimizer(config, variant)
     logging.info("compiling %s", name)
     runners[name], states[name] = _compiled_runs(
         model=model, objective=objective, optimizer=optimizer, dataset=dataset,
@@ -208,11 +218,7 @@ def benchmark_transforms(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def benchmark_compile(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Compile and step times of the loop's chunk with the loop's XLA options against the defaults."""
-  model = models.gpt(gpt_config(config.model))
-  key = jax.random.PRNGKey(0)
-  params = model.init(key)
-  dataset = random_tokens(config)
-  objective = objectives.compose(objectives.cross_entropy())
+  model, key, params, dataset, objective = _gpt_setup(config)
   options = {"default": {}, "loop": training.compiler_options()}
   chosen = [name for name in transform_variants(config, model, params)
             if name in ("plain", f"project_out_k{config.num_directions[0]}")]
@@ -222,9 +228,7 @@ def benchmark_compile(config: ml_collections.ConfigDict) -> dict[str, Any]:
   try:
     for name in chosen:
       variant = transform_variants(config, model, params)[name]
-      base = optax.adamw(config.learning_rate, weight_decay=0.1)
-      optimizer = (optax.chain(variant.transform, base) if variant.transform is not None else
-                   optax.chain(base))
+      optimizer = _variant_optimizer(config, variant)
       step = training.make_train_step(model=model, objective=objective, optimizer=optimizer,
                                       refreshers=variant.refreshers,
                                       optimizer_extra_args=variant.optimizer_extra_args)
