@@ -30,6 +30,7 @@ from landscape.data import Dataset
 from landscape.models import Model
 from landscape.sae._architectures import SAE
 from landscape.sae._metrics import fraction_variance_explained
+from landscape.sae._sources import _site_rows
 from landscape.sae._train import Hyperparams
 from landscape.sae._train import Member
 from landscape.sae._train import Recipe
@@ -181,13 +182,7 @@ def _probe_rows(name: str, model: Model, site: str, data: Dataset | Mapping[str,
     else:
       inputs = jnp.asarray(fixed["inputs"])
     _, acts = model.forward(params, inputs, capture=[site])
-    act = acts[site]
-    if position is not None:
-      if act.ndim < 3 or not -act.shape[1] <= position < act.shape[1]:
-        raise BadInputError(f"live_sae {name!r}: position={position} does not index axis 1 of "
-                            f"site {site!r} (shape {act.shape})")
-      act = act[:, position]
-    return act.reshape(-1, act.shape[-1]).astype(jnp.float32)
+    return _site_rows(acts[site], site, position, what=f"live_sae {name!r}")
 
   return rows_at
 

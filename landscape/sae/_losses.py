@@ -136,6 +136,17 @@ def _auxk_term(sae, post, residual, dead, k_aux, coefficient):
   return coefficient * auxk_loss(sae, post, residual, dead, k_aux=k_aux)
 
 
+def _top_k_loss(sae, acts, activate, k, dead, k_aux, auxk_coefficient):
+  """Squared error and AuxK of a top-k SAE whose codes are ``activate(pre, k)``."""
+  x = _examples(acts, sae)
+  pre = sae.pre_activations(x)
+  codes = activate(pre, k)
+  x_hat = sae.decode(codes)
+  squared_error = _squared_error(x, x_hat)
+  auxk = _auxk_term(sae, jax.nn.relu(pre), x - x_hat, dead, k_aux, auxk_coefficient)
+  return _aux(codes, squared_error, None, auxk)
+
+
 def topk_loss(sae: TopKSAE, acts: jax.Array, *, k: jax.Array | int | None = None,
               dead: jax.Array | None = None, k_aux: int | None = None,
               auxk_coefficient: float | jax.Array = 1 / 32) -> tuple[jax.Array, LossAux]:
@@ -150,13 +161,7 @@ def topk_loss(sae: TopKSAE, acts: jax.Array, *, k: jax.Array | int | None = None
     k_aux: static; D // 2 when None (Gao et al.'s heuristic), capped at F.
     auxk_coefficient: 1/32 in Gao et al. and dictionary_learning.
   """
-  x = _examples(acts, sae)
-  pre = sae.pre_activations(x)
-  codes = sae.activate(pre, k)
-  x_hat = sae.decode(codes)
-  squared_error = _squared_error(x, x_hat)
-  auxk = _auxk_term(sae, jax.nn.relu(pre), x - x_hat, dead, k_aux, auxk_coefficient)
-  return _aux(codes, squared_error, None, auxk)
+  return _top_k_loss(sae, acts, sae.activate, k, dead, k_aux, auxk_coefficient)
 
 
 def batchtopk_loss(sae: BatchTopKSAE, acts: jax.Array, *, k: jax.Array | int | None = None,
@@ -164,13 +169,7 @@ def batchtopk_loss(sae: BatchTopKSAE, acts: jax.Array, *, k: jax.Array | int | N
                    auxk_coefficient: float | jax.Array = 1 / 32) -> tuple[jax.Array, LossAux]:
   """BatchTopK: as `topk_loss`, with the codes of `BatchTopKSAE.encode_batch` (the k x N largest
   of the batch). Feed ``aux.smallest_code`` to `update_batchtopk_threshold` after the step."""
-  x = _examples(acts, sae)
-  pre = sae.pre_activations(x)
-  codes = sae.activate_batch(pre, k)
-  x_hat = sae.decode(codes)
-  squared_error = _squared_error(x, x_hat)
-  auxk = _auxk_term(sae, jax.nn.relu(pre), x - x_hat, dead, k_aux, auxk_coefficient)
-  return _aux(codes, squared_error, None, auxk)
+  return _top_k_loss(sae, acts, sae.activate_batch, k, dead, k_aux, auxk_coefficient)
 
 
 def jumprelu_loss(sae: JumpReLUSAE, acts: jax.Array, *, l0_coefficient: float | jax.Array

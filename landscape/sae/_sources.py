@@ -161,11 +161,12 @@ class BufferState:
   kept: jax.Array
 
 
-def _site_rows(act: jax.Array, site: str, position: int | None) -> jax.Array:
+def _site_rows(act: jax.Array, site: str, position: int | None, *,
+               what: str = "model_source") -> jax.Array:
   """The activation (B, ..., D) as rows (N, D): every position, or index ``position`` of axis 1."""
   if position is not None:
     if act.ndim < 3 or not -act.shape[1] <= position < act.shape[1]:
-      raise BadInputError(f"model_source: position={position} does not index axis 1 of site "
+      raise BadInputError(f"{what}: position={position} does not index axis 1 of site "
                           f"{site!r} (shape {act.shape})")
     act = act[:, position]
   return act.reshape(-1, act.shape[-1]).astype(jnp.float32)
