@@ -68,6 +68,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.decodability_steps = 200   # logistic-probe steps of each decodability probe
   config.decodability_l2 = 1e-2
   config.criteria = "exploratory"   # or "confirmatory": adds the over-oracle decodability criterion
+  config.workers = 0                # worker processes for the arms on a CPU (0: one per core, at
+                                    # most 4; 1: one after another here); the results are the same
 
   config.decoy_digits = ml_collections.ConfigDict(dict(
       steps=0, batch_size=0, patch_size=3, hidden_sizes=(64, 64), learning_rate=1e-3,

@@ -69,6 +69,21 @@ class SmokeTest(absltest.TestCase):
     with open(os.path.join(self.workdir, "marker", "ablate_refit", "directions.html")) as handle:
       self.assertIn("concept_basis/blocks.0.resid_post", handle.read())
 
+  def test_one_process_trains_bitwise_what_the_worker_processes_trained(self):
+    # The binary ran its arms in worker processes (config.workers=0: one per core; CI has two);
+    # the same arms trained here, one after another, end with the same parameters and figures.
+    self.assertEqual(self.result.returncode, 0, self.result.stderr[-4000:])
+    config = flagship_config.get_config("smoke")
+    config.tasks, config.arms, config.workers = "toy_colors", "oracle,ablate_refit", 1
+    config.sample_efficiency.enabled = False
+    config.mesh.num_devices = 1  # the binary's one device
+    workdir = self.enter_context(tempfile.TemporaryDirectory())
+    block_vs_reshape.run(config, workdir)
+    for arm in ("oracle", "ablate_refit"):
+      here, there = (json.loads(pathlib.Path(root, "toy_colors", arm, "summary.json").read_text())
+                     for root in (workdir, self.workdir))
+      self.assertEqual(here, there)
+
   def test_criteria_sentences_are_computed_from_the_runs_own_files(self):
     with open(os.path.join(self.workdir, "report.md")) as handle:
       report = handle.read()

@@ -51,13 +51,16 @@ class Arm:
   or "reshaping". build: (task, config) -> what it trains with (its dataset, objective, optimizer,
   refreshers, optimizer extra args and evaluation-time interventions; the plan's grid is ignored).
   grid: (task, config) -> its grid of hyper-parameters, every point trained with every seed in the
-  arm's one program.
+  arm's one program. group: arms of one group share compiled programs (the same programs over other
+  data, or some of the same programs) and train one after another in one process, the later ones
+  finding the programs compiled; "" is a group of its own.
   """
 
   name: str
   family: str
   build: Callable[[Task, ml_collections.ConfigDict], ArmPlan]
   grid: Callable[[Task, ml_collections.ConfigDict], Grid] = lambda task, config: [{}]
+  group: str = ""
 
   def plan(self, task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
     return dataclasses.replace(self.build(task, config), grid=self.grid(task, config))
@@ -193,13 +196,17 @@ def _weight_grid(arm: str) -> Callable[[Task, ml_collections.ConfigDict], Grid]:
 
 
 _REGISTRY = (
-    Arm("plain", "baseline", _plain),
-    Arm("oracle", "baseline", _oracle),
-    Arm("grad_mask", "blocking", _grad_mask),
-    Arm("ablate_fixed", "blocking", functools.partial(_ablate, refit=False), _site_grid),
-    Arm("ablate_refit", "blocking", functools.partial(_ablate, refit=True), _site_grid),
-    Arm("project_fixed", "blocking", functools.partial(_project, refit=False), _site_grid),
-    Arm("project_refit", "blocking", functools.partial(_project, refit=True), _site_grid),
+    # plain and oracle: one program over two datasets; grad_mask: their evaluation programs.
+    Arm("plain", "baseline", _plain, group="plain"),
+    Arm("oracle", "baseline", _oracle, group="plain"),
+    Arm("grad_mask", "blocking", _grad_mask, group="plain"),
+    # fixed and refit: one initialisation and one evaluation, the chunks differing in the refit.
+    Arm("ablate_fixed", "blocking", functools.partial(_ablate, refit=False), _site_grid, "ablate"),
+    Arm("ablate_refit", "blocking", functools.partial(_ablate, refit=True), _site_grid, "ablate"),
+    Arm("project_fixed", "blocking", functools.partial(_project, refit=False), _site_grid,
+        "project"),
+    Arm("project_refit", "blocking", functools.partial(_project, refit=True), _site_grid,
+        "project"),
     Arm("explanation", "reshaping", _explanation, _weight_grid("explanation")),
     Arm("adversary", "reshaping", _adversary, _weight_grid("adversary")),
     Arm("steering", "reshaping", _steering, _weight_grid("steering")),

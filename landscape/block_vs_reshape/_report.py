@@ -342,18 +342,18 @@ def grid_rows(all_results: dict[str, list[ArmResult]]) -> list[dict[str, Any]]:
 
 def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], arms: list[str],
           sample_efficiency: dict[str, Any] | None, seconds: float,
-          command: str | None = None) -> dict[str, Any]:
+          command: str | None = None, workers: int = 1) -> dict[str, Any]:
   """Writes report.md, the figures, summary.json and metrics.jsonl; returns the summary.
 
   command: what produced the run, as the report names it (the binary passes its command line);
-  None names `DEFAULT_COMMAND`.
+  None names `DEFAULT_COMMAND`. workers: the worker processes the arms ran in (for the wall time).
   """
   criteria = CRITERIA[config.criteria]
   all_results = load_results(workdir, tasks, arms)
   judged = judge(all_results, criteria)
   write_figures(workdir, all_results, sample_efficiency)
   text = markdown(judged, criteria=criteria, sample_efficiency=sample_efficiency, num_seeds=config.num_seeds,
-                  seconds=seconds, device=_device(), command=command or DEFAULT_COMMAND)
+                  seconds=seconds, device=_device(workers), command=command or DEFAULT_COMMAND)
   with open(os.path.join(workdir, "report.md"), "w") as handle:
     handle.write(text)
   summary = summary_of(judged, sample_efficiency=sample_efficiency, num_seeds=config.num_seeds,
@@ -364,7 +364,8 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, tasks: list[str], 
   return summary
 
 
-def _device() -> str:
+def _device(workers: int = 1) -> str:
   device = jax.devices()[0]
   kind = getattr(device, "device_kind", device.platform)
-  return f"{jax.device_count()} x {kind}, jax {jax.__version__}"
+  processes = f", {workers} worker processes" if workers > 1 else ""
+  return f"{jax.device_count()} x {kind}{processes}, jax {jax.__version__}"

@@ -131,19 +131,26 @@ def _marker(config: ml_collections.ConfigDict) -> Task:
 
 @dataclasses.dataclass(frozen=True)
 class TaskKind:
-  """One task of the experiment, as data: its name, its report title, and how it is built."""
+  """One task of the experiment, as data: its name, its report title, and how it is built.
+
+  arm_seconds: about how long one of its arms takes on a 2-core CPU in the default preset
+  (measured); it only orders the run's jobs, longest first, so that worker processes finish
+  together.
+  """
 
   name: str
   title: str
   build: Callable[[ml_collections.ConfigDict], Task]
+  arm_seconds: float
 
 
 _REGISTRY = (
     TaskKind("decoy_digits", "Decoy digits (8x8; a grey patch in a corner encodes the label)",
-             _decoy_digits),
-    TaskKind("toy_colors", "Toy Colors (5x5x3; rule 1, the corners, is the shortcut)", _toy_colors),
+             _decoy_digits, arm_seconds=5.5),
+    TaskKind("toy_colors", "Toy Colors (5x5x3; rule 1, the corners, is the shortcut)", _toy_colors,
+             arm_seconds=6.5),
     TaskKind("marker", "Marker tokens (2-layer GPT copies the first token; a marker token gives "
-             "the answer away)", _marker),
+             "the answer away)", _marker, arm_seconds=22.0),
 )
 TASK_REGISTRY = {kind.name: kind for kind in _REGISTRY}
 TASKS = tuple(TASK_REGISTRY)

@@ -62,3 +62,7 @@ from landscape.training._warm_start import WarmStart
 from landscape.training._warm_start import WarmStartError
 from landscape.training._warm_start import check_initial_params
 from landscape.training._warm_start import load_params
+from landscape.training._workers import MAX_DEFAULT_WORKERS
+from landscape.training._workers import default_workers
+from landscape.training._workers import resolve_workers
+from landscape.training._workers import run_jobs

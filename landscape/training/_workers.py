@@ -1,0 +1,124 @@
+"""Independent jobs (the arms of a study, say) in worker processes on one CPU machine.
+
+On a CPU, XLA compiles a program on one core, and a small model's step keeps little more than one
+busy: a study of many arms, each its own compiled program, leaves the other cores idle. `run_jobs`
+runs independent jobs in spawned worker processes, each set up as this one is (the JAX settings
+that decide what is compiled, cached and computed; absl's verbosity), so a job computes exactly
+what it would compute here. On a GPU or TPU, and in a multi-process run, jobs run here one after
+another: one process owns the accelerator.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import jax
+from absl import logging
+
+from landscape.training._config import ConfigError
+from landscape.training._loop import Preempted
+
+Job = TypeVar("Job")
+
+# The JAX settings a worker copies from the process that starts it.
+JAX_SETTINGS = (
+    "jax_compilation_cache_dir", "jax_enable_compilation_cache",
+    "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes",
+    "jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
+    "jax_default_prng_impl", "jax_threefry_partitionable", "jax_platforms")
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+  """The worker processes `run_jobs` uses for ``workers=0``: the cores this process may use, at
+  most `MAX_DEFAULT_WORKERS`, on a single-process CPU backend; 1 on a GPU or TPU or across
+  processes."""
+  if jax.default_backend() != "cpu" or jax.process_count() > 1:
+    return 1
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")  # not on macOS
+           else os.cpu_count() or 1)
+  return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
+def resolve_workers(workers: int, *, field: str = "config.workers") -> int:
+  """``workers`` (0: `default_workers`), checked; more than one only where it is safe."""
+  if not isinstance(workers, int) or workers < 0:
+    raise ConfigError(f"{field}={workers!r}: give 0 (as many as the CPU's cores, at most "
+                      f"{MAX_DEFAULT_WORKERS}) or a number of worker processes >= 1")
+  if workers == 0:
+    return default_workers()
+  if workers > 1 and (jax.default_backend() != "cpu" or jax.process_count() > 1):
+    logging.warning("%s=%d: one process owns a %s backend (or joins a multi-process run); running "
+                    "the jobs one after another", field, workers, jax.default_backend())
+    return 1
+  return workers
+
+
+def _settings() -> dict[str, Any]:
+  return {name: getattr(jax.config, name) for name in JAX_SETTINGS if name in jax.config.values}
+
+
+def _start_worker(settings: dict[str, Any], verbosity: int,
+                  setup: Callable[[], None] | None) -> None:
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  logging.use_absl_handler()  # the log lines look like this process's
+  logging.set_verbosity(verbosity)
+  if setup is not None:
+    setup()
+
+
+def run_jobs(fn: Callable[[Job], Any], jobs: Sequence[Job], *, workers: int,
+             setup: Callable[[], None] | None = None) -> list[Any]:
+  """``[fn(job) for job in jobs]``, in ``workers`` processes when ``workers`` > 1.
+
+  ``fn``, each job and ``setup`` (called in every worker after its JAX settings, say to filter a
+  library's logs) must pickle: module-level functions, `functools.partial` of them, plain values.
+  Jobs start in the order given (put the longest first). The first job to fail stops the others
+  from starting, and its exception is raised here once the running ones have finished (a bug in a
+  worker keeps its traceback, chained). SIGTERM sent to this process is passed on to the workers:
+  a training loop checkpoints and stops, a worker doing anything else stops at once, and this
+  raises `Preempted` (running the same jobs again resumes them).
+  """
+  if workers <= 1 or len(jobs) <= 1:
+    return [fn(job) for job in jobs]
+  pool = concurrent.futures.ProcessPoolExecutor(
+      max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+      initializer=_start_worker, initargs=(_settings(), logging.get_verbosity(), setup))
+
+  sigterm = threading.Event()
+
+  def forward_sigterm(signum, frame):
+    del frame
+    sigterm.set()
+    for process in list(getattr(pool, "_processes", {}).values()):  # the executor's own workers
+      if process.is_alive():
+        os.kill(process.pid, signum)
+
+  previous = signal.getsignal(signal.SIGTERM)
+  forwarding = threading.current_thread() is threading.main_thread()  # where signals go
+  try:
+    if forwarding:
+      signal.signal(signal.SIGTERM, forward_sigterm)
+    futures = [pool.submit(fn, job) for job in jobs]
+    concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+    failed = [future for future in futures if future.done() and future.exception() is not None]
+    if failed:
+      for future in futures:
+        future.cancel()
+      concurrent.futures.wait(futures)
+      if sigterm.is_set():
+        raise Preempted("SIGTERM: the workers' training loops checkpointed; run the same command "
+                        "to resume") from failed[0].exception()
+      raise failed[0].exception()
+    return [future.result() for future in futures]
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+    if forwarding:
+      signal.signal(signal.SIGTERM, previous)
