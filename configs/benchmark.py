@@ -3,9 +3,18 @@
   python -m experiments.benchmark --config=configs/benchmark.py --workdir=/tmp/landscape/bench_gpu
   python -m experiments.benchmark --config=configs/benchmark.py:cpu --workdir=/tmp/landscape/bench_cpu
 
-Presets: "" (GPT-2 small, T=1024, batch 16, bf16 compute, cuDNN attention: for an H100-class GPU),
-"cpu" (a small GPT and the same ratios, minutes on a laptop), "smoke" (seconds; for tests).
-Figures go into BENCHMARKS.md with the date, device, JAX version and this command.
+SAE training throughput against a PyTorch peer (its own section, selected by name):
+
+  python -m experiments.benchmark --config=configs/benchmark.py:gpu --config.sections=sae \
+      --workdir=/tmp/landscape/bench_sae_gpu
+  python -m experiments.benchmark --config=configs/benchmark.py:cpu --config.sections=sae \
+      --workdir=/tmp/landscape/bench_sae_cpu
+
+Presets: "" or "gpu" (GPT-2 small, T=1024, batch 16, bf16 compute, cuDNN attention; TopK SAEs of
+768 x 16,384 and 768 x 65,536, k 32, batch 4,096, bf16: for an H100-class GPU), "cpu" (a small GPT
+and the same ratios, minutes on a laptop; SAEs of 128 x 1,024 and 128 x 4,096, batch 512),
+"smoke" (seconds; for tests). Figures go into BENCHMARKS.md with the date, device, JAX version and
+this command.
 """
 
 import ml_collections
@@ -44,11 +53,27 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.seeds.steps_per_call = 50
   config.seeds.timed_calls = 10
 
+  # SAE training throughput (section "sae"): TopK, Adam, landscape against a PyTorch peer.
+  config.sae = ml_collections.ConfigDict()
+  config.sae.d_in = 768
+  config.sae.d_sae = (16384, 65536)
+  config.sae.k = 32
+  config.sae.batch_size = 4096        # activations per step
+  config.sae.compute_dtype = "bfloat16"  # float32 parameters and Adam either way
+  config.sae.learning_rate = 1e-4
+  config.sae.warmup_steps = 3         # untimed; the first call compiles
+  config.sae.steps = 50               # timed per round
+  config.sae.rounds = 5
+  config.sae.pool_batches = 8         # distinct batches cycled through
+  config.sae.peer = "torch"           # "": landscape alone
+  config.sae.peer_compile = True      # also time the peer under torch.compile
+
   if preset in ("cpu", "smoke"):
     config.model.update(dict(vocab_size=512, seq_len=128, d_model=128, num_layers=2, num_heads=4,
                              compute_dtype="float32", attention=""))
     config.batch_size = 8
     config.dictionary_selected = 32
+    config.sae.update(dict(d_in=128, d_sae=(1024, 4096), batch_size=512, steps=10, rounds=3))
   if preset == "smoke":
     config.model.update(dict(vocab_size=64, seq_len=16, d_model=32, num_heads=2))
     config.dictionary_size = 256
@@ -59,7 +84,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.rounds = 2
     config.compile_rounds = 1
     config.seeds.update(dict(num_runs=(2,), steps=20, steps_per_call=10, timed_calls=2))
-  elif preset not in ("", "cpu"):
-    raise ValueError(f"configs/benchmark.py: unknown preset {preset!r}; expected cpu or smoke")
+    config.sae.update(dict(d_in=16, d_sae=(64,), k=4, batch_size=32, warmup_steps=1, steps=2,
+                           rounds=2, pool_batches=2, peer_compile=False))
+  elif preset not in ("", "cpu", "gpu"):
+    raise ValueError(f"configs/benchmark.py: unknown preset {preset!r}; expected gpu, cpu or smoke")
   config.lock()
   return config

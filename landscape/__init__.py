@@ -17,6 +17,7 @@ from landscape import interventions
 from landscape import models
 from landscape import objectives
 from landscape import sae
+from landscape import sae_sources
 from landscape import sites
 from landscape import training
 from landscape import transforms

@@ -20,6 +20,13 @@ Two sections:
   `training.CPU_COMPILER_OPTIONS`), alternately, each ``config.compile_rounds`` times with the
   persistent cache off: the ratio of compile times, of step times once compiled, and the largest
   difference between the parameters each reaches after the same steps.
+* ``sae`` (selected only by name): SAE training throughput in activations per second, TopK of
+  ``config.sae.d_in`` x each of ``config.sae.d_sae``, k ``config.sae.k``, Adam, in
+  ``config.sae.compute_dtype``: landscape's SAE trainer (`landscape.sae.make_train_chunk`, the
+  compiled chunk ``experiments.train_sae`` runs) against a PyTorch peer written as
+  dictionary_learning's ``TopKTrainer`` trains (see `sae_torch_peer`), timed in the same run in
+  interleaved rounds, eager and under ``torch.compile``. PyTorch is optional: without it the peer
+  is reported as not installed.
 
 Writes ``benchmark.json`` to ``workdir`` and prints a table.
 """
@@ -47,6 +54,7 @@ from landscape import data
 from landscape import directions
 from landscape import models
 from landscape import objectives
+from landscape import sae as sae_lib
 from landscape import training
 from landscape import transforms
 
@@ -384,13 +392,235 @@ def benchmark_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   return rows
 
 
+SAE_COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_sae_config(settings: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the first ``config.sae`` field that cannot be benchmarked."""
+  def fail(field, why):
+    raise training.ConfigError(f"config.sae.{field}={settings[field]!r}: {why}")
+
+  for field in ("d_in", "k", "batch_size", "steps", "rounds", "pool_batches"):
+    if not isinstance(settings[field], int) or settings[field] < 1:
+      fail(field, "must be an int >= 1")
+  if not isinstance(settings.warmup_steps, int) or settings.warmup_steps < 1:
+    fail("warmup_steps", "must be an int >= 1 (the first call compiles)")
+  widths = tuple(settings.d_sae)
+  if not widths or not all(isinstance(width, int) and width >= settings.k for width in widths):
+    fail("d_sae", f"give one or more ints >= k={settings.k}")
+  if settings.compute_dtype not in SAE_COMPUTE_DTYPES:
+    fail("compute_dtype", f"expected one of {SAE_COMPUTE_DTYPES}")
+  if settings.peer not in ("torch", ""):
+    fail("peer", "expected 'torch' or '' (no peer)")
+
+
+def _activation_pool(settings: ml_collections.ConfigDict) -> np.ndarray:
+  """(pool_batches, batch, D) float32 activations, cycled through by both trainers: Gaussian
+  with an offset (activations are rarely centred), unit mean squared norm."""
+  rng = np.random.default_rng(0)
+  pool = rng.normal(size=(settings.pool_batches, settings.batch_size, settings.d_in)) + 0.5
+  return (pool / np.sqrt(np.mean(np.sum(pool ** 2, -1)))).astype(np.float32)
+
+
+def _pool_source(pool: np.ndarray) -> sae_lib.ActivationSource:
+  """Batch t is pool[t mod P]: the SAE trainer's input with no data pipeline to time."""
+  num_batches, batch_size, d_in = pool.shape
+
+  def next_batch(arrays, state, key, step):
+    del key
+    return jax.lax.dynamic_index_in_dim(arrays["pool"], step % num_batches, keepdims=False), state
+
+  def collect(arrays, key, num_rows):
+    del key
+    return arrays["pool"].reshape(-1, d_in)[:num_rows]
+
+  return sae_lib.ActivationSource(
+      name="benchmark_pool", d_in=d_in, batch_size=batch_size, arrays={"pool": jnp.asarray(pool)},
+      init=lambda arrays, key: (), next=next_batch, collect=collect, eval_acts=pool[0])
+
+
+def _sae_recipe(settings: ml_collections.ConfigDict, d_sae: int) -> sae_lib.Recipe:
+  # dictionary_learning's TopK recipe (AuxK on latents idle 10M tokens, unit-norm decoder with the
+  # parallel gradient removed, clipping at 1, Adam); b_dec from zero and no warm-up, so that every
+  # timed step does the same work on both sides.
+  return sae_lib.Recipe("topk", d_sae=d_sae, k=settings.k, warmup_steps=0, b_dec_init="zero",
+                        compute_dtype=settings.compute_dtype)
+
+
+def landscape_sae_trainer(settings: ml_collections.ConfigDict, d_sae: int, pool: np.ndarray):
+  """(run(num_steps) -> float32 losses of those steps, its SAE at step 0): landscape's compiled
+  SAE chunk (`landscape.sae.make_train_chunk`) training one TopK SAE on the pool."""
+  source = _pool_source(pool)
+  group = sae_lib.SAEGroup("topk", _sae_recipe(settings, d_sae),
+                           (sae_lib.Member(seed=0, learning_rate=settings.learning_rate),))
+  total_steps = 1_000_000  # no decay: the schedule is constant either way
+  state = sae_lib.init_train_state(jax.random.PRNGKey(0), [group], source, total_steps=total_steps)
+  initial = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[0]), state.groups["topk"].sae)
+  chunk = sae_lib.make_train_chunk([group], source, total_steps=total_steps)
+  holder = {"state": state}
+
+  def run(num_steps: int) -> np.ndarray:
+    holder["state"], metrics = chunk(holder["state"], source.arrays, num_steps)
+    return np.asarray(metrics["topk"]["loss"][:, 0])  # fetching it waits for the steps
+
+  return run, initial
+
+
+def sae_torch_peer(torch: Any, settings: ml_collections.ConfigDict, initial: Any,
+                   pool: np.ndarray, *, compile_forward: bool):
+  """run(num_steps) -> losses: a TopK SAE trained in PyTorch the way dictionary_learning's
+  ``TopKTrainer.update`` trains one (``trainers/top_k.py``), from landscape's initial weights.
+
+  Per step: the forward and loss under ``torch.autocast`` in the compute dtype (ReLU, top-k,
+  scatter, decoder, squared error, AuxK over the latents idle 10M tokens normalised by the
+  residual's centred squared norm, coefficient 1/32); ``backward``; the decoder gradient's
+  component along each decoder direction removed; ``clip_grad_norm_(1.0)``; Adam (fused on CUDA);
+  a ``LambdaLR`` step; decoder columns renormalised; tokens-since-fired updated. One departure,
+  shared with landscape: AuxK takes a fixed ``k_aux = D // 2`` with the live latents masked, where
+  dictionary_learning takes ``min(D // 2, dead count)`` found on the host (a device-to-host sync
+  per step, and a graph break under ``torch.compile``). ``compile_forward`` compiles the forward
+  and loss (``torch.compile``; its backward through AOTAutograd); the optimizer stays eager.
+  """
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.compute_dtype]
+  d_in, d_sae = initial.W_enc.shape
+  k, k_aux, dead_after, auxk_alpha = settings.k, d_in // 2, 10_000_000, 1 / 32
+  encoder = torch.nn.Linear(d_in, d_sae).to(device)
+  decoder = torch.nn.Linear(d_sae, d_in, bias=False).to(device)
+  b_dec = torch.nn.Parameter(torch.zeros(d_in, device=device))
+  with torch.no_grad():
+    encoder.weight.copy_(torch.as_tensor(np.array(initial.W_enc).T))
+    encoder.bias.copy_(torch.as_tensor(np.array(initial.b_enc)))
+    decoder.weight.copy_(torch.as_tensor(np.array(initial.W_dec).T))
+    b_dec.copy_(torch.as_tensor(np.array(initial.b_dec)))
+  parameters = [encoder.weight, encoder.bias, decoder.weight, b_dec]
+  optimizer = torch.optim.Adam(parameters, lr=settings.learning_rate, betas=(0.9, 0.999),
+                               fused=device == "cuda")
+  scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda step: 1.0)
+  tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+  batches = torch.as_tensor(np.array(pool)).to(device)
+
+  def forward_loss(x, dead):
+    with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+      post = torch.relu(encoder(x - b_dec))
+      values, indices = post.topk(k, sorted=False, dim=-1)
+      codes = torch.zeros_like(post).scatter(-1, indices, values)
+      x_hat = decoder(codes) + b_dec
+      residual = x - x_hat
+      l2 = residual.float().pow(2).sum(-1).mean()
+      masked = torch.where(dead[None], post, torch.full_like(post, -torch.inf))
+      aux_values, aux_indices = masked.topk(k_aux, sorted=False, dim=-1)
+      aux_values = torch.where(torch.isfinite(aux_values), aux_values,
+                               torch.zeros_like(aux_values))
+      aux_codes = torch.zeros_like(post).scatter(-1, aux_indices, aux_values)
+      held = residual.detach().float()
+      aux_error = (held - decoder(aux_codes).float()).pow(2).sum(-1).mean()
+      centred = (held - held.mean(0, keepdim=True)).pow(2).sum(-1).mean()
+      auxk = torch.where(dead.any(), aux_error / centred, torch.zeros_like(aux_error))
+      loss = l2 + auxk_alpha * auxk.nan_to_num(0.0)
+    fired = torch.zeros(d_sae, dtype=torch.bool, device=x.device)
+    fired[indices.flatten()] = True
+    return loss, fired
+
+  forward = torch.compile(forward_loss) if compile_forward else forward_loss
+  step_counter = [0]
+
+  def one_step(x):
+    nonlocal tokens_since_fired
+    loss, fired = forward(x, tokens_since_fired >= dead_after)
+    loss.backward()
+    with torch.no_grad():
+      weight, grad = decoder.weight, decoder.weight.grad  # (D, F): columns are directions
+      unit = weight / weight.norm(dim=0, keepdim=True)
+      grad -= (grad * unit).sum(0, keepdim=True) * unit
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    with torch.no_grad():
+      decoder.weight /= decoder.weight.norm(dim=0, keepdim=True)
+      tokens_since_fired = torch.where(fired, torch.zeros_like(tokens_since_fired),
+                                       tokens_since_fired + x.shape[0])
+    return loss.detach()
+
+  def run(num_steps: int) -> np.ndarray:
+    losses = []
+    for _ in range(num_steps):
+      losses.append(one_step(batches[step_counter[0] % len(batches)]))
+      step_counter[0] += 1
+    return torch.stack(losses).float().cpu().numpy()  # waits for the device
+
+  return run
+
+
+def _import_torch() -> tuple[Any, str]:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None, "peer not installed (PyTorch is optional: pip install torch)"
+  return torch, f"torch {torch.__version__}"
+
+
+def benchmark_sae(settings: ml_collections.ConfigDict) -> dict[str, Any]:
+  """For each width: landscape's and the peer's activations per second, each timed over
+  ``steps`` steps per round in ``rounds`` interleaved rounds after ``warmup_steps`` and one untimed
+  call of ``steps`` (which compile), the median round taken; the ratio is landscape's over the
+  faster peer variant's. The first step's loss of each side (same initial weights, same batch) says
+  they compute the same thing."""
+  pool = _activation_pool(settings)
+  torch, peer_name = _import_torch() if settings.peer == "torch" else (None, "no peer (peer='')")
+  results = {}
+  for d_sae in settings.d_sae:
+    landscape_run, initial = landscape_sae_trainer(settings, d_sae, pool)
+    trainers = {"landscape": landscape_run}
+    peer_errors = {}
+    if torch is not None:
+      variants = {"peer_eager": False}
+      if settings.peer_compile:
+        variants["peer_compiled"] = True
+      for name, compiled in variants.items():
+        trainers[name] = sae_torch_peer(torch, settings, initial, pool, compile_forward=compiled)
+    first_losses = {}
+    for name in list(trainers):
+      try:
+        first_losses[name] = float(trainers[name](settings.warmup_steps)[0])
+        trainers[name](settings.steps)  # untimed: compiles landscape's chunk of the timed length
+      except Exception as error:  # torch.compile needs a working toolchain; report, go on eager
+        if name != "peer_compiled":
+          raise
+        peer_errors[name] = f"{type(error).__name__}: {str(error)[:300]}"
+        logging.warning("torch.compile failed for d_sae=%d: %s", d_sae, peer_errors[name])
+        del trainers[name]
+    seconds = {name: [] for name in trainers}
+    order = np.random.default_rng(0)
+    for _ in range(settings.rounds):
+      for name in order.permutation(list(trainers)):
+        start = time.perf_counter()
+        trainers[name](settings.steps)
+        seconds[name].append(time.perf_counter() - start)
+    rate = {name: settings.steps * settings.batch_size / float(np.median(values))
+            for name, values in seconds.items()}
+    best_peer = max((rate[name] for name in rate if name != "landscape"), default=None)
+    results[str(d_sae)] = dict(
+        d_in=settings.d_in, k=settings.k, batch_size=settings.batch_size,
+        compute_dtype=settings.compute_dtype, steps=settings.steps, rounds=settings.rounds,
+        peer=peer_name, landscape_acts_per_second=rate["landscape"],
+        peer_eager_acts_per_second=rate.get("peer_eager"),
+        peer_compiled_acts_per_second=rate.get("peer_compiled"),
+        ratio_to_peer=None if best_peer is None else rate["landscape"] / best_peer,
+        first_step_loss=first_losses, peer_errors=peer_errors)
+  return results
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the configured sections; writes benchmark.json and returns its contents."""
   sections = [name for name in config.sections.split(",") if name]
-  unknown = sorted(set(sections) - {"transforms", "seeds", "compile"})
+  unknown = sorted(set(sections) - {"transforms", "seeds", "compile", "sae"})
   if unknown:
     raise training.ConfigError(f"config.sections={config.sections!r}: unknown {unknown}; "
-                               "expected some of 'transforms', 'seeds' and 'compile'")
+                               "expected some of 'transforms', 'seeds', 'compile' and 'sae'")
+  if "sae" in sections:
+    check_sae_config(config.sae)
   steps_taken = config.warmup_steps + config.rounds * config.timed_steps
   if steps_taken >= config.refresh_every:
     # The amortized ratio assumes that no step of the scheduled dictionary variant refreshes.
@@ -409,6 +639,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results["seeds"] = benchmark_seeds(config, workdir)
   if "compile" in sections:
     results["compile"] = benchmark_compile(config)
+  if "sae" in sections:
+    results["sae"] = benchmark_sae(config.sae)
   training.write_json_atomically(os.path.join(workdir, "benchmark.json"), results)
   print(format_results(results))
   return results
@@ -438,4 +670,15 @@ def format_results(results: dict[str, Any]) -> str:
                  f"{row['compile_seconds_loop']:.2f} s vs {row['compile_seconds_default']:.2f} s "
                  f"(ratio {row['compile_ratio']:.2f}), step ratio {row['step_ratio']:.3f}, params "
                  f"differ by {row['max_relative_param_difference']:.1e} (relative)")
+  for d_sae, row in results.get("sae", {}).items():
+    peer = (f"{row['peer']}: eager {row['peer_eager_acts_per_second']:.0f}/s, compiled "
+            f"{_rate(row['peer_compiled_acts_per_second'])}; landscape / best peer "
+            f"{row['ratio_to_peer']:.2f}x" if row["ratio_to_peer"] is not None else row["peer"])
+    lines.append(f"SAE TopK {row['d_in']} x {d_sae}, k {row['k']}, batch {row['batch_size']}, "
+                 f"{row['compute_dtype']}: landscape {row['landscape_acts_per_second']:.0f} "
+                 f"activations/s; {peer}")
   return "\n".join(lines)
+
+
+def _rate(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.0f}/s"

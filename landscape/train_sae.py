@@ -38,6 +38,7 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from landscape import models
+from landscape import sae_sources
 from landscape import supervised
 from landscape import training
 from landscape.sae import _planted as planted_lib
@@ -47,6 +48,7 @@ from landscape.sae._architectures import ARCHITECTURES
 from landscape.sae._architectures import SAE
 from landscape.sae._metrics import density_histogram
 from landscape.sae._saelens import save_saelens
+from landscape.sae._training import NORMALIZATION_TARGETS
 from landscape.sites import BadInputError
 from landscape.training import ConfigError
 
@@ -60,7 +62,7 @@ RECIPE_FIELDS = ("d_sae", "tied_init", "decoder_norm", "unit_norm_decoder", "b_d
                  "initial_threshold", "bandwidth", "adam_b1", "adam_b2", "grad_clip_norm",
                  "warmup_steps", "decay_start", "sparsity_warmup_steps", "k_aux",
                  "dead_after_tokens", "resample_every", "k_anneal_steps", "threshold_beta",
-                 "threshold_start_step")
+                 "threshold_start_step", "compute_dtype")
 
 
 @dataclasses.dataclass
@@ -171,6 +173,9 @@ def validate(config: ml_collections.ConfigDict, activations: Any = None
                           allow_zero=("eval_every", "checkpoint_every"))
   if config.source not in SOURCES:
     _fail("source", config.source, f"expected one of {SOURCES}")
+  if config.normalization_target not in NORMALIZATION_TARGETS:
+    _fail("normalization_target", config.normalization_target,
+          f"expected one of {NORMALIZATION_TARGETS}")
   if config.source == "arrays":
     if bool(config.arrays.path) == (activations is not None):
       _fail("arrays.path", config.arrays.path, "give either a path or the activations argument "
@@ -274,8 +279,8 @@ def make_source(config: ml_collections.ConfigDict, activations: Any = None
     name = config.arrays.path or "arrays"
     acts = np.load(config.arrays.path) if config.arrays.path else activations
     try:
-      return sources.array_source(acts, batch_size=config.batch_size, name=name,
-                                  num_eval=config.arrays.num_eval or None)
+      return sae_sources.array_source(acts, batch_size=config.batch_size, name=name,
+                                      num_eval=config.arrays.num_eval or None)
     except BadInputError as error:
       raise ConfigError(f"config.arrays: {error}") from None
   dataset = supervised.make_dataset(config.data)
@@ -293,7 +298,7 @@ def make_source(config: ml_collections.ConfigDict, activations: Any = None
     _check_same(config, saved, "data", tuple(config.data.keys()))
     params, step = checkpoint_params(config, model, params)
     origin = f"{config.model.checkpoint} step {step} run {config.model.run}"
-  source = sources.model_source(
+  source = sae_sources.model_source(
       model, params, site=config.model.site, dataset=dataset, batch_size=config.batch_size,
       buffer_size=config.model.buffer_size, model_batch_size=config.model.batch_size,
       eval_set=config.model.eval_set, eval_size=config.model.eval_size or None)
@@ -387,7 +392,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, activations: Any = N
   state = sae_train.init_train_state(jax.random.PRNGKey(config.seed), groups, source,
                                      total_steps=config.steps,
                                      normalize_inputs=config.normalize_inputs,
-                                     normalization_rows=config.normalization_rows)
+                                     normalization_rows=config.normalization_rows,
+                                     normalization_target=config.normalization_target)
   if start_step:
     state = checkpoints.restore(start_step, state)
     logging.info("resumed from step %d (%s)", start_step, workdir)

@@ -9,7 +9,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Lowest first. The experiments (block_vs_reshape, supervised, benchmark, cli, inspect) sit on top.
 FLOORS = ["sites", "data", "models", "directions", "interventions", "transforms", "sae", "objectives",
           "training", "analysis"]
-FORBIDDEN = {"transforms": {"models", "training"}}
+FORBIDDEN = {"transforms": {"models", "training"}, "sae": {"data", "models", "training"}}
 
 
 def _floor(module: str) -> str | None:

@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 from landscape import directions
 from landscape import models
 from landscape import sae as sae_lib
+from landscape.sae import _training as sae_training
 from landscape import transforms
 from landscape.sites import BadInputError
 
@@ -95,6 +96,29 @@ class SAELensFileTest(parameterized.TestCase):
     self.assertEqual(config["architecture"], expected)
     if architecture == "topk":
       self.assertEqual(config["k"], 3)
+
+  @parameterized.parameters("topk", "batchtopk", "jumprelu", "standard")
+  def test_cfg_json_holds_what_saelens_reads(self, architecture):
+    sae_lib.save_saelens(_sae(architecture), self.directory, hook_name="hidden_0",
+                         metadata={"model_name": "mlp"})
+    with open(os.path.join(self.directory, "cfg.json")) as handle:
+      config = json.load(handle)
+    # SAELens 6's SAEConfig fields (sae_lens/saes/sae.py), TopKSAEConfig's for TopK.
+    expected = {"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
+                "apply_b_dec_to_input": architecture != "jumprelu",
+                "normalize_activations": "none", "reshape_activations": "none",
+                "architecture": "jumprelu" if architecture == "batchtopk" else architecture}
+    if architecture == "topk":
+      expected.update(k=3, rescale_acts_by_decoder_norm=False)
+    self.assertEqual({name: config.get(name) for name in expected}, expected)
+    # No sae_lens_version: SAELens's handle_config_defaulting takes its pre-6 path, which builds
+    # metadata from these top-level keys (its LLM_METADATA_KEYS).
+    self.assertNotIn("sae_lens_version", config)
+    self.assertNotIn("sae_lens_version", config["metadata"])
+    self.assertEqual((config["hook_name"], config["model_name"]), ("hidden_0", "mlp"))
+    self.assertEqual(config["metadata"], {"model_name": "mlp", "hook_name": "hidden_0"})
+    with self.assertRaisesRegex(sae_lib.SAEFileError, r"metadata entries \['d_in'\]"):
+      sae_lib.save_saelens(_sae(architecture), self.directory, hook_name="h", metadata={"d_in": 1})
 
   def test_a_file_written_in_saelens_layout_loads(self):
     # A Gemma-Scope-like JumpReLU SAE as SAELens 6 writes it.
@@ -186,7 +210,7 @@ class FeaturesTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.sae = sae_lib.normalize_decoder_rows(_sae("standard", seed=3))
+    self.sae = sae_training.normalize_decoder_rows(_sae("standard", seed=3))
     self.labels = sae_lib.feature_labels({"colour": [5, 2], "shape": 7, "size": [1, 2, 3]},
                                          d_sae=D_SAE)
 

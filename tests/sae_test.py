@@ -10,6 +10,7 @@ from absl.testing import parameterized
 
 from landscape import models
 from landscape import sae as sae_lib
+from landscape.sae import _topk as sae_topk
 from landscape.sites import BadInputError
 
 D_IN, D_SAE = 12, 40
@@ -275,9 +276,9 @@ class TopKTest(parameterized.TestCase):
     for method in ("auto", "plain", "two_stage"):
       got = sae_lib.top_k(x, 5, method=method, chunk_size=64)
       np.testing.assert_array_equal(got[1], jax.lax.top_k(x, 5)[1])
-    self.assertFalse(sae_lib.uses_two_stages(65536, 32, backend="cpu"))
-    self.assertTrue(sae_lib.uses_two_stages(65536, 32, backend="gpu"))
-    self.assertFalse(sae_lib.uses_two_stages(sae_lib.TWO_STAGE_MIN_WIDTH - 1, 32, backend="gpu"))
+    self.assertFalse(sae_topk.uses_two_stages(65536, 32, backend="cpu"))
+    self.assertTrue(sae_topk.uses_two_stages(65536, 32, backend="gpu"))
+    self.assertFalse(sae_topk.uses_two_stages(sae_topk.TWO_STAGE_MIN_WIDTH - 1, 32, backend="gpu"))
     with self.assertRaisesRegex(BadInputError, "method='fast'"):
       sae_lib.top_k(x, 5, method="fast")
     with self.assertRaisesRegex(BadInputError, "chunk_size=4 is smaller than k=5"):
@@ -306,6 +307,38 @@ class MetricsTest(absltest.TestCase):
     # The constant offset of 0.5 costs the centred metric nothing: it sees only the noise.
     np.testing.assert_allclose(sae_lib.fraction_variance_explained(x, x + 0.5), 1.0, atol=1e-6)
     self.assertGreater(float(sae_lib.normalized_mse(x, x + 0.5)), 0.01)
+
+  def test_undefined_ratios_are_nan_never_inf(self):
+    x = _acts((6, D_IN))
+    same_rows = np.repeat(x[:1], 6, axis=0)
+    self.assertTrue(np.isnan(jax.jit(sae_lib.fraction_variance_explained)(same_rows, x)))
+    self.assertTrue(np.isnan(sae_lib.fraction_variance_explained(x[:1], x[:1] + 1)))
+    with_zero_row = x.copy()
+    with_zero_row[2] = 0.0
+    self.assertTrue(np.isnan(jax.jit(sae_lib.normalized_mse)(with_zero_row, x)))
+    self.assertTrue(np.isnan(sae_lib.normalized_mse(with_zero_row, with_zero_row)))
+    # A model whose logits ignore the site: zero ablation costs nothing, nothing to recover.
+    logits = jnp.asarray(_acts((5, 7), seed=2))
+    labels = np.arange(5) % 7
+    got = jax.jit(lambda: sae_lib.downstream_metrics(lambda intervention: logits, labels,
+                                                     lambda a: a))()
+    np.testing.assert_allclose([got.ce_clean, got.kl_zero], [got.ce_zero, 0.0], atol=1e-7)
+    self.assertTrue(np.isnan(got.ce_recovered))
+    self.assertTrue(np.isnan(got.kl_recovered))
+
+  def test_density_histogram_names_bad_input(self):
+    with self.assertRaisesRegex(BadInputError, r"density\[2\]=1.5 is not in \[0, 1\]"):
+      sae_lib.density_histogram(np.array([0.1, 0.0, 1.5]))
+    with self.assertRaisesRegex(BadInputError, r"density\[0\]=nan"):
+      sae_lib.density_histogram(np.array([np.nan, 0.5]))
+    with self.assertRaisesRegex(BadInputError, r"shape \(2, 2\)"):
+      sae_lib.density_histogram(np.full((2, 2), 0.5))
+    with self.assertRaisesRegex(BadInputError, r"shape \(0,\)"):
+      sae_lib.density_histogram(np.zeros((0,)))
+    with self.assertRaisesRegex(BadInputError, "bins=0"):
+      sae_lib.density_histogram(np.full(3, 0.5), bins=0)
+    with self.assertRaisesRegex(BadInputError, r"log10_range=\(0.0, -8.0\)"):
+      sae_lib.density_histogram(np.full(3, 0.5), log10_range=(0.0, -8.0))
 
   def test_sparsity_density_and_dead_fraction(self):
     rng = np.random.default_rng(2)

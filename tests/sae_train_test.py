@@ -10,6 +10,9 @@ from absl.testing import absltest
 from landscape import data
 from landscape import models
 from landscape import sae as sae_lib
+from landscape import sae_sources
+from landscape.sae import _train as sae_train
+from landscape.sae import _training as sae_training
 from landscape.sites import BadInputError
 
 
@@ -76,7 +79,7 @@ class SourcesTest(absltest.TestCase):
 
   def test_array_source_visits_every_training_row_once_per_epoch(self):
     acts = np.arange(100 * 3, dtype=np.float32).reshape(100, 3)
-    source = sae_lib.array_source(acts, batch_size=9, num_eval=10)
+    source = sae_sources.array_source(acts, batch_size=9, num_eval=10)
     np.testing.assert_array_equal(source.eval_acts, acts[90:])
     step = jax.jit(source.next)
     rows = np.concatenate([np.asarray(step(source.arrays, (), jax.random.key(0), t)[0])
@@ -97,8 +100,8 @@ class SourcesTest(absltest.TestCase):
     dataset = data.digits()
     model = models.mlp(64, (16,), 10)
     params = model.init(jax.random.key(0))
-    source = sae_lib.model_source(model, params, site="hidden_0", dataset=dataset, batch_size=32,
-                                  buffer_size=256, model_batch_size=64)
+    source = sae_sources.model_source(model, params, site="hidden_0", dataset=dataset,
+                                      batch_size=32, buffer_size=256, model_batch_size=64)
     key = jax.random.key(3)
     state = jax.jit(source.init)(source.arrays, key)
     self.assertEqual(state.kept.shape, (128, 16))
@@ -121,9 +124,9 @@ class SourcesTest(absltest.TestCase):
   def test_model_source_rejects_a_buffer_that_does_not_split_into_batches(self):
     model = models.mlp(64, (16,), 10)
     with self.assertRaisesRegex(BadInputError, "buffer_size=200"):
-      sae_lib.model_source(model, model.init(jax.random.key(0)), site="hidden_0",
-                           dataset=data.digits(), batch_size=32, buffer_size=200,
-                           model_batch_size=64)
+      sae_sources.model_source(model, model.init(jax.random.key(0)), site="hidden_0",
+                               dataset=data.digits(), batch_size=32, buffer_size=200,
+                               model_batch_size=64)
 
 
 def _groups_one_program():
@@ -163,7 +166,7 @@ class TrainStepTest(absltest.TestCase):
     step = jax.jit(sae_lib.make_train_step(groups, source, total_steps=3))
     after_one, _ = step(state, source.arrays)
     # b_dec is the batch's geometric median, then one Adam step (at most lr = 1e-3 per entry).
-    median = np.asarray(sae_lib.geometric_median(first_batch))
+    median = np.asarray(sae_training.geometric_median(first_batch))
     np.testing.assert_allclose(after_one.groups["g"].sae.b_dec[0], median, atol=1.1e-3)
     after_two, _ = step(after_one, source.arrays)
     norms = np.linalg.norm(np.asarray(after_two.groups["g"].sae.W_dec[0], np.float64), axis=-1)
@@ -219,9 +222,31 @@ class TrainStepTest(absltest.TestCase):
       for leaf in jax.tree_util.tree_leaves(group):
         self.assertTrue(np.all(np.isfinite(np.asarray(leaf, np.float64))))
 
+  def test_bfloat16_compute_keeps_float32_state_and_follows_float32(self):
+    acts = jnp.asarray(np.random.default_rng(0).normal(size=(64, 16)), jnp.float32)
+    learning_rate = 1e-3
+    member = sae_lib.Member(learning_rate=learning_rate)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+      recipe = sae_lib.Recipe("topk", d_sae=32, k=4, warmup_steps=0, compute_dtype=dtype)
+      hyper = sae_train.member_hyperparams(sae_lib.SAEGroup("g", recipe, (member,)), member)
+      state = sae_train.init_sae_state(jax.random.key(0), recipe, 16, hyper, total_steps=10)
+      results[dtype] = jax.jit(lambda state, recipe=recipe: sae_lib.sae_train_step(
+          recipe, state, acts, jnp.int32(0), jax.random.key(1), total_steps=10))(state)
+    (state32, metrics32), (state16, metrics16) = results["float32"], results["bfloat16"]
+    for leaf in jax.tree_util.tree_leaves((state16.sae, state16.opt_state)):
+      if jnp.issubdtype(leaf.dtype, jnp.floating):
+        self.assertEqual(leaf.dtype, jnp.float32)
+    # bfloat16 keeps 8 bits of mantissa: the loss agrees to a few parts in a thousand; Adam's first
+    # step moves every parameter by at most the learning rate, whatever the gradient's rounding.
+    np.testing.assert_allclose(metrics16["loss"], metrics32["loss"], rtol=1e-2)
+    for got, want in ((state16.sae.W_enc, state32.sae.W_enc),
+                      (state16.sae.b_enc, state32.sae.b_enc)):
+      self.assertLessEqual(float(jnp.max(jnp.abs(got - want))), 2 * learning_rate + 1e-6)
+
   def test_learning_rate_schedule(self):
     recipe = sae_lib.Recipe("topk", d_sae=8, k=2, warmup_steps=10, decay_start=60)
-    factor = sae_lib.learning_rate_factor(recipe, 100)
+    factor = sae_train.learning_rate_factor(recipe, 100)
     counts = np.arange(0, 101)
     expected = np.where(counts < 10, counts / 10,
                         np.where(counts >= 60, (100 - counts) / 40, 1.0))
@@ -231,7 +256,8 @@ class TrainStepTest(absltest.TestCase):
   def test_k_annealing_reaches_each_members_k(self):
     recipe = sae_lib.Recipe("topk", d_sae=32, k=16, k_anneal_steps=4)
     group = sae_lib.SAEGroup("g", recipe, (sae_lib.Member(k=4), sae_lib.Member(seed=1, k=8)))
-    schedules = [np.asarray(sae_lib.member_hyperparams(group, m).k_schedule) for m in group.members]
+    schedules = [np.asarray(sae_train.member_hyperparams(group, m).k_schedule)
+                 for m in group.members]
     np.testing.assert_array_equal(schedules[0], [16, 13, 10, 7, 4])
     np.testing.assert_array_equal(schedules[1], [16, 14, 12, 10, 8])
 
@@ -240,12 +266,14 @@ class TrainStepTest(absltest.TestCase):
            (sae_lib.Recipe("relu", d_sae=8), "architecture='relu'"),
            (sae_lib.Recipe("standard", d_sae=8, k=2), "k=2"),
            (sae_lib.Recipe("topk", d_sae=8, k=2, b_dec_init="median"), "b_dec_init='median'"),
-           (sae_lib.Recipe("topk", d_sae=8, k=2, warmup_steps=-1), "warmup_steps=-1")]
+           (sae_lib.Recipe("topk", d_sae=8, k=2, warmup_steps=-1), "warmup_steps=-1"),
+           (sae_lib.Recipe("topk", d_sae=8, k=2, compute_dtype="float16"),
+            "compute_dtype='float16'")]
     for recipe, named in bad:
       with self.assertRaisesRegex(BadInputError, named):
-        sae_lib.check_group(sae_lib.SAEGroup("g", recipe, (sae_lib.Member(),)))
+        sae_train.check_group(sae_lib.SAEGroup("g", recipe, (sae_lib.Member(),)))
     with self.assertRaisesRegex(BadInputError, r"members\[0\].k"):
-      sae_lib.check_group(sae_lib.SAEGroup("g", sae_lib.Recipe("topk", d_sae=8, k=2),
+      sae_train.check_group(sae_lib.SAEGroup("g", sae_lib.Recipe("topk", d_sae=8, k=2),
                                            (sae_lib.Member(k=3),)))
 
 

@@ -289,7 +289,8 @@ class JumpReLUSAE(SAE):
   Gemma Scope; SAELens "jumprelu").
 
   Attributes:
-    threshold: (F,) leaf, learned through the straight-through estimator of `jumprelu`.
+    threshold: (F,) leaf, learned through the straight-through estimator of `jumprelu`; positive
+      (`sae_optimizer` keeps it so with `positive_threshold`).
     bandwidth: static; the width of the rectangle kernel of the threshold's pseudo-derivative
       (training only; in the units of pre, so it scales with the inputs: dictionary_learning uses
       0.001 for activations of norm about sqrt(D), SAELens 0.05).
@@ -354,7 +355,7 @@ def init_sae(key: jax.Array, architecture: str, d_in: int, d_sae: int, *, k: int
       and OpenAI with 1).
     threshold: "jumprelu": the initial per-latent threshold (dictionary_learning's 0.001).
     bandwidth: "jumprelu": the kernel width of the threshold's pseudo-derivative
-      (dictionary_learning's 0.001, for activations normalised to norm about sqrt(D)).
+      (dictionary_learning's 0.001, for activations scaled to unit mean squared norm).
     apply_b_dec_to_input: subtract b_dec before encoding; default True, but False for "jumprelu".
     top_k_method: for "topk" and "batchtopk"; see `top_k`.
     dtype: of every leaf.

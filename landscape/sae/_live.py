@@ -26,11 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape.data import Dataset
-from landscape.models import Model
 from landscape.sae._architectures import SAE
 from landscape.sae._metrics import fraction_variance_explained
-from landscape.sae._sources import _site_rows
+from landscape.sae._sources import site_rows
 from landscape.sae._train import Hyperparams
 from landscape.sae._train import Member
 from landscape.sae._train import Recipe
@@ -164,10 +162,15 @@ class LiveSAE:
     return lambda run: {self.site: run.refreshed[self.name].sae.W_dec}
 
 
-def _probe_rows(name: str, model: Model, site: str, data: Dataset | Mapping[str, Any],
-                batch_size: int, position: int | None):
+def _is_dataset(data: Any) -> bool:
+  """A `landscape.data.Dataset` by its interface (this floor does not import the data floor)."""
+  return not isinstance(data, Mapping) and callable(getattr(data, "sample", None))
+
+
+def _probe_rows(name: str, model: Any, site: str, data: Any, batch_size: int,
+                position: int | None):
   fixed = None
-  if isinstance(data, Dataset):
+  if _is_dataset(data):
     fields = jax.eval_shape(lambda: data.sample(data.arrays, jax.random.PRNGKey(0),
                                                 jnp.zeros((), jnp.int32), batch_size))
   else:
@@ -182,12 +185,12 @@ def _probe_rows(name: str, model: Model, site: str, data: Dataset | Mapping[str,
     else:
       inputs = jnp.asarray(fixed["inputs"])
     _, acts = model.forward(params, inputs, capture=[site])
-    return _site_rows(acts[site], site, position, what=f"live_sae {name!r}")
+    return site_rows(acts[site], site, position, what=f"live_sae {name!r}")
 
   return rows_at
 
 
-def live_sae(name: str, *, model: Model, site: str, data: Dataset | Mapping[str, Any],
+def live_sae(name: str, *, model: Any, site: str, data: Any,
              every: int, recipe: Recipe | None = None, architecture: str = "topk",
              d_sae: int | None = None, k: int | None = None, sae: SAE | None = None,
              steps: int = 5, init_steps: int = 100, batch_size: int = 256,
@@ -197,9 +200,11 @@ def live_sae(name: str, *, model: Model, site: str, data: Dataset | Mapping[str,
 
   Args:
     name: the key in ``state.refreshed``.
-    model, site: whose activations the SAE reads.
-    data: a `Dataset` (a probe batch of ``batch_size`` drawn at each SAE step) or a fixed batch (a
-      dict with ``inputs``). Its arrays become constants of the compiled step: keep it small.
+    model, site: whose activations the SAE reads: a landscape `Model` (anything with
+      ``check_sites`` and ``forward(params, inputs, capture=...)``).
+    data: a `landscape.data.Dataset` (a probe batch of ``batch_size`` drawn at each SAE step) or a
+      fixed batch (a dict with ``inputs``). Its arrays become constants of the compiled step: keep
+      it small.
     every: refresh period in steps; 0 trains at initialisation only (a frozen SAE to compare with).
     recipe: how the SAE trains; default ``Recipe(architecture, d_sae, k, warmup_steps=0,
       b_dec_init="mean")`` (no learning-rate warm-up: the SAE takes few steps at a time).

@@ -23,6 +23,12 @@ def _rows(array: jax.Array) -> jax.Array:
   return array.reshape(-1, array.shape[-1])
 
 
+def _ratio_or_nan(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+  """numerator / denominator elementwise, NaN where the denominator is 0 (never inf)."""
+  nonzero = denominator != 0
+  return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), jnp.nan)
+
+
 def l0(codes: jax.Array) -> jax.Array:
   """The mean number of nonzero codes per example."""
   return jnp.mean(jnp.sum(_rows(codes) != 0, axis=-1).astype(jnp.float32))
@@ -34,10 +40,15 @@ def fraction_variance_explained(x: jax.Array, x_hat: jax.Array) -> jax.Array:
 
   A constant offset of the reconstruction costs nothing, and predicting the mean scores 0. Compare
   `normalized_mse`, which is uncentred and per example. Float32.
+
+  NaN when x does not vary (sum_d Var_n(x_nd) = 0: a single example, or every example the same):
+  there is no variance to explain.
   """
   x = _rows(x).astype(jnp.float32)
   residual = x - _rows(x_hat).astype(jnp.float32)
-  return 1.0 - jnp.sum(jnp.var(residual, axis=0)) / jnp.sum(jnp.var(x, axis=0))
+  # Var(x) = Var(x - x_0): exactly 0 for identical rows, whose float32 mean need not be exact.
+  variance = jnp.sum(jnp.var(x - x[:1], axis=0))
+  return 1.0 - _ratio_or_nan(jnp.sum(jnp.var(residual, axis=0)), variance)
 
 
 def normalized_mse(x: jax.Array, x_hat: jax.Array) -> jax.Array:
@@ -48,10 +59,13 @@ def normalized_mse(x: jax.Array, x_hat: jax.Array) -> jax.Array:
   (not to the variance about the mean), so activations with a large common offset score well
   merely by reconstructing the offset, and ``1 - normalized_mse`` is not the fraction of variance
   explained. Float32.
+
+  NaN when any example is zero (||x_n|| = 0): its relative error is undefined, and dropping it
+  silently would change what the mean is over.
   """
   x = _rows(x).astype(jnp.float32)
   error = jnp.sum(jnp.square(x - _rows(x_hat).astype(jnp.float32)), axis=-1)
-  return jnp.mean(error / jnp.sum(jnp.square(x), axis=-1))
+  return jnp.mean(_ratio_or_nan(error, jnp.sum(jnp.square(x), axis=-1)))
 
 
 @jax.tree_util.register_dataclass
@@ -114,11 +128,20 @@ def density_histogram(density: jax.Array | np.ndarray, *, bins: int = 50,
   """The histogram of ``log10(density)`` over ``bins`` equal bins of ``log10_range`` (densities
   below the range land in the first bin); density 0 is counted in ``num_dead``. On the host."""
   density = np.asarray(density, np.float64)
-  if density.ndim != 1 or np.any(density < 0) or np.any(density > 1) or not np.all(
-      np.isfinite(density)):
-    raise BadInputError(f"density_histogram: density must be (F,) in [0, 1]; got shape "
-                        f"{density.shape}, range [{density.min()}, {density.max()}]")
+  if density.ndim != 1 or density.size == 0:
+    raise BadInputError(f"density_histogram: density of shape {density.shape}; expected (F,) "
+                        "with F >= 1")
+  outside = ~((density >= 0) & (density <= 1))  # NaN counts as outside
+  if np.any(outside):
+    index = int(np.argmax(outside))
+    raise BadInputError(f"density_histogram: density[{index}]={float(density[index])} is not in "
+                        f"[0, 1] ({int(outside.sum())} of {density.size} entries outside)")
+  if not isinstance(bins, (int, np.integer)) or bins < 1:
+    raise BadInputError(f"density_histogram: bins={bins!r} must be an int >= 1")
   low, high = log10_range
+  if not low < high:
+    raise BadInputError(f"density_histogram: log10_range={log10_range!r} must be (low, high) with "
+                        "low < high")
   alive = density[density > 0]
   values = np.clip(np.log10(alive), low, high)
   counts, edges = np.histogram(values, bins=bins, range=(low, high))
@@ -138,10 +161,13 @@ class DownstreamMetrics:
   Attributes:
     ce_clean, ce_sae, ce_zero: cross-entropy of the labels with the site's activation as it is,
       replaced by the SAE's reconstruction, replaced by zeros.
-    ce_recovered: ``(ce_zero - ce_sae) / (ce_zero - ce_clean)``; 1 is a perfect SAE.
+    ce_recovered: ``(ce_zero - ce_sae) / (ce_zero - ce_clean)``; 1 is a perfect SAE. NaN when
+      ``ce_zero == ce_clean``: zero-ablating the site costs nothing, so there is no loss to
+      recover (the site does not matter to this loss on these inputs).
     kl_sae, kl_zero: ``KL(clean || with the SAE)`` and ``KL(clean || zero-ablated)`` of the
       predicted distributions.
-    kl_recovered: ``(kl_zero - kl_sae) / (kl_zero - kl_clean)``, with ``kl_clean = 0``.
+    kl_recovered: ``(kl_zero - kl_sae) / (kl_zero - kl_clean)``, with ``kl_clean = 0``. NaN when
+      ``kl_zero == 0`` (zero ablation leaves every prediction as it was).
   """
 
   ce_clean: jax.Array
@@ -160,7 +186,7 @@ def _weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
   return jnp.sum(values * weights) / jnp.sum(weights)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+def label_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
                   ) -> jax.Array:
   """The mean (weighted by ``weights``, shaped like ``labels``) of ``-log softmax(logits)[label]``
   over logits (..., V) and int labels (...). Float32."""
@@ -214,12 +240,12 @@ def downstream_metrics(logits_with: LogitsWith, labels: jax.Array, sae: Callable
   clean = logits_with(None)
   reconstructed = logits_with(sae)
   zeroed = logits_with(zero_ablation)
-  ce_clean = cross_entropy(clean, labels, weights)
-  ce_sae = cross_entropy(reconstructed, labels, weights)
-  ce_zero = cross_entropy(zeroed, labels, weights)
+  ce_clean = label_cross_entropy(clean, labels, weights)
+  ce_sae = label_cross_entropy(reconstructed, labels, weights)
+  ce_zero = label_cross_entropy(zeroed, labels, weights)
   kl_sae = kl_divergence(clean, reconstructed, weights)
   kl_zero = kl_divergence(clean, zeroed, weights)
   return DownstreamMetrics(ce_clean=ce_clean, ce_sae=ce_sae, ce_zero=ce_zero,
-                           ce_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean),
+                           ce_recovered=_ratio_or_nan(ce_zero - ce_sae, ce_zero - ce_clean),
                            kl_sae=kl_sae, kl_zero=kl_zero,
-                           kl_recovered=(kl_zero - kl_sae) / kl_zero)
+                           kl_recovered=_ratio_or_nan(kl_zero - kl_sae, kl_zero))

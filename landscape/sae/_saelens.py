@@ -4,10 +4,10 @@ The weights file holds ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in), ``b_enc
 ``b_dec`` (d_in,) and, for JumpReLU, ``threshold`` (d_sae,). ``cfg.json`` holds at least
 ``architecture`` ("standard", "topk", "jumprelu"), ``d_in``, ``d_sae``, ``dtype`` and the hook
 name, plus ``k`` for TopK. `save_saelens` writes the fields of SAELens 6's inference config, with
-the hook name both at the top level (read by SAELens before 6) and in ``metadata`` (read since), so
-SAELens's loader reads what landscape writes; `load_saelens` reads SAELens's files: its releases,
-Gemma Scope in its layout, older configs (``hook_point``, ``activation_fn_kwargs.k``), and its
-training checkpoints (``log_threshold``, a BatchTopK's ``topk_threshold``,
+the hook name (and any metadata) both at the top level and in ``metadata``, so SAELens's loader
+reads what landscape writes (see `save_saelens`); `load_saelens` reads SAELens's files: its
+releases, Gemma Scope in its layout, older configs (``hook_point``, ``activation_fn_kwargs.k``),
+and its training checkpoints (``log_threshold``, a BatchTopK's ``topk_threshold``,
 ``rescale_acts_by_decoder_norm`` folded in on loading).
 
 A BatchTopK SAE is saved as what it is at inference, a JumpReLU with one threshold repeated per
@@ -79,12 +79,25 @@ def save_saelens(sae: SAE, directory: str | os.PathLike, *, hook_name: str,
   """Writes ``sae`` to ``directory`` in SAELens's layout; returns (weights path, cfg path).
 
   Arrays keep their dtype (``cfg.json``'s ``dtype`` is W_enc's). Save the SAE that acts on the
-  site's raw activations (fold any input normalisation in first: `fold_normalization`).
-  ``metadata`` adds entries to cfg.json's ``metadata`` (e.g. ``model_name``).
+  site's raw activations (fold any input normalisation in first: `fold_normalization`), so
+  ``normalize_activations`` is "none".
+
+  cfg.json holds, at the top level, the fields of SAELens 6's ``SAEConfig`` (``d_in``, ``d_sae``,
+  ``dtype``, ``device``, ``apply_b_dec_to_input``, ``normalize_activations``,
+  ``reshape_activations``, ``architecture``; ``k`` and ``rescale_acts_by_decoder_norm`` for TopK),
+  and ``hook_name`` and the ``metadata`` entries (e.g. ``model_name``) both at the top level and
+  in ``metadata``. It names no ``sae_lens_version``, so SAELens's loader
+  (``handle_config_defaulting``) reads it as it reads files of SAELens before 6: it keeps the
+  config fields and moves ``hook_name``, ``model_name`` and its other metadata keys from the top
+  level into ``metadata``.
+
+  Raises:
+    SAEFileError: a stack of SAEs, or a metadata entry named like a config field.
   """
   if sae.stack_shape:
     raise SAEFileError(f"save_saelens: a stack of {sae.stack_shape} SAEs; save each of "
                        f"unstack_saes(stacked)")
+  metadata = dict(metadata or {})
   dtype = np.asarray(sae.W_enc).dtype
   arrays = {"W_enc": _host(sae.W_enc), "W_dec": _host(sae.W_dec), "b_enc": _host(sae.b_enc),
             "b_dec": _host(sae.b_dec)}
@@ -103,10 +116,16 @@ def save_saelens(sae: SAE, directory: str | os.PathLike, *, hook_name: str,
       "architecture": architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
       "dtype": np.dtype(dtype).name, "device": "cpu",
       "apply_b_dec_to_input": sae.apply_b_dec_to_input, "normalize_activations": "none",
-      "reshape_activations": "none", "hook_name": hook_name,
-      "metadata": {**(metadata or {}), "hook_name": hook_name}, "landscape": landscape}
+      "reshape_activations": "none", "landscape": landscape}
   if isinstance(sae, TopKSAE):
     config.update(k=sae.k, rescale_acts_by_decoder_norm=False)
+  clashes = sorted(set(metadata) & (set(config) | {"metadata"}))
+  if clashes:
+    raise SAEFileError(f"save_saelens: metadata entries {clashes} are cfg.json fields; name them "
+                       "otherwise")
+  metadata["hook_name"] = hook_name
+  config.update(metadata)
+  config["metadata"] = metadata
   directory = os.fspath(directory)
   os.makedirs(directory, exist_ok=True)
   weights_path = os.path.join(directory, WEIGHTS_FILENAME)

@@ -49,6 +49,7 @@ from landscape.sae._training import fold_normalization
 from landscape.sae._training import initial_b_dec
 from landscape.sae._training import k_annealing
 from landscape.sae._training import normalization_scale
+from landscape.sae._training import positive_threshold
 from landscape.sae._training import remove_parallel_decoder_gradient
 from landscape.sae._training import renormalize_decoder
 from landscape.sae._training import resample_dead_latents
@@ -57,6 +58,9 @@ from landscape.sae._training import update_firing
 from landscape.sites import BadInputError
 
 K_ARCHITECTURES = ("topk", "batchtopk")
+# Recipe.compute_dtype: the dtype of the forward and backward passes; parameters, optimizer state
+# and the loss's reductions stay float32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The loss keyword each penalised architecture's sparsity coefficient goes to.
 SPARSITY_KEYWORDS = {"standard": "l1_coefficient", "jumprelu": "l0_coefficient"}
 
@@ -91,6 +95,9 @@ class Recipe:
     k_anneal_steps: k falls from ``k`` to each member's k over these steps (0: no annealing).
     threshold_beta, threshold_start_step: BatchTopK's threshold is an exponential moving average
       (``beta``) of the smallest kept code, updated from this step on.
+    compute_dtype: "float32", or "bfloat16" for mixed precision (as ``torch.autocast`` trains in
+      SAELens and dictionary_learning): the SAE and the batch are cast to it for the loss and its
+      gradient; parameters, gradients, Adam's moments and the squared errors stay float32.
   """
 
   architecture: str
@@ -116,6 +123,7 @@ class Recipe:
   k_anneal_steps: int = 0
   threshold_beta: float = 0.999
   threshold_start_step: int = 1000
+  compute_dtype: str = "float32"
 
   @property
   def uses_k(self) -> bool:
@@ -251,6 +259,8 @@ def check_group(group: SAEGroup, *, error: type[BadInputError] = BadInputError,
     fail("members", group.members, "must name at least one SAE")
   if recipe.b_dec_init not in B_DEC_METHODS:
     fail("b_dec_init", recipe.b_dec_init, f"is not one of {B_DEC_METHODS}")
+  if recipe.compute_dtype not in COMPUTE_DTYPES:
+    fail("compute_dtype", recipe.compute_dtype, f"is not one of {tuple(COMPUTE_DTYPES)}")
   for field in ("warmup_steps", "decay_start", "sparsity_warmup_steps", "k_aux", "resample_every",
                 "k_anneal_steps", "threshold_start_step", "dead_after_tokens"):
     value = getattr(recipe, field)
@@ -318,13 +328,16 @@ def learning_rate_factor(recipe: Recipe, total_steps: int):
 
 def sae_optimizer(recipe: Recipe, learning_rate: jax.Array | float, total_steps: int
                   ) -> optax.GradientTransformationExtraArgs:
-  """Adam with the recipe's clipping and schedule, inside `unit_norm_decoder` when the recipe asks.
+  """Adam with the recipe's clipping and schedule, inside `unit_norm_decoder` when the recipe asks;
+  a JumpReLU's threshold is kept positive (`positive_threshold`).
   ``learning_rate`` may be traced (an SAE's own, under the group's vmap); the state does not depend
   on it."""
   factor = learning_rate_factor(recipe, total_steps)
   inner = [optax.clip_by_global_norm(recipe.grad_clip_norm)] if recipe.grad_clip_norm else []
   inner += [optax.scale_by_adam(b1=recipe.adam_b1, b2=recipe.adam_b2, eps=recipe.adam_eps),
             optax.scale_by_learning_rate(lambda count: learning_rate * factor(count))]
+  if recipe.architecture == "jumprelu":
+    inner.append(positive_threshold())
   if recipe.unit_norm_decoder:
     return optax.chain(remove_parallel_decoder_gradient(), *inner, renormalize_decoder())
   return optax.chain(*inner)
@@ -382,6 +395,21 @@ def _loss_options(recipe: Recipe, hyper: Hyperparams, firing: FiringState, step:
   return {SPARSITY_KEYWORDS[recipe.architecture]: hyper.sparsity_coefficient * warmup}
 
 
+def _in_compute_dtype(loss, dtype):
+  """``loss`` evaluated on the SAE's floating leaves and the batch cast to ``dtype`` (the gradient
+  flows back through the casts to the float32 parameters)."""
+  if dtype == jnp.float32:
+    return loss
+
+  def cast(leaf):
+    return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+  def cast_loss(sae, acts, **options):
+    return loss(jax.tree_util.tree_map(cast, sae), acts.astype(dtype), **options)
+
+  return cast_loss
+
+
 def sae_train_step(recipe: Recipe, state: SAEState, acts_BxD: jax.Array, step: jax.Array,
                    key: jax.Array, *, total_steps: int) -> tuple[SAEState, dict[str, jax.Array]]:
   """One optimizer step of one SAE on ``acts_BxD`` (already normalised), at the shared ``step``
@@ -395,7 +423,7 @@ def sae_train_step(recipe: Recipe, state: SAEState, acts_BxD: jax.Array, step: j
   latents idle for ``dead_after_tokens`` after the step), k, learning_rate (this step's).
   """
   sae, hyper = state.sae, state.hyper
-  loss = loss_for(sae)
+  loss = _in_compute_dtype(loss_for(sae), COMPUTE_DTYPES[recipe.compute_dtype])
   options = _loss_options(recipe, hyper, state.firing, step)
   (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(sae, acts_BxD, **options)
   optimizer = sae_optimizer(recipe, hyper.learning_rate, total_steps)
@@ -427,16 +455,26 @@ def sae_train_step(recipe: Recipe, state: SAEState, acts_BxD: jax.Array, step: j
 
 def init_train_state(key: jax.Array, groups: Sequence[SAEGroup], source: ActivationSource, *,
                      total_steps: int, normalize_inputs: bool = False,
-                     normalization_rows: int = 10_000) -> SAETrainState:
+                     normalization_rows: int = 10_000,
+                     normalization_target: str = "unit_mean_squared_norm") -> SAETrainState:
   """The state at step 0. ``key`` gives the stream's key, the resampling keys and the rows the
   input normalisation's scale is estimated on (``normalization_rows`` of them, drawn apart from
-  the stream); each SAE's initialisation comes from its member's seed."""
+  the stream, and scaled to ``normalization_target``'s units: `normalization_scale`); each SAE's
+  initialisation comes from its member's seed.
+
+  Raises:
+    BadInputError: bad groups, an unknown normalisation target, or rows with no finite scale.
+  """
   check_groups(groups)
   stream_key, rng, scale_key = jax.random.split(key, 3)
   if normalize_inputs:
     rows = jax.jit(source.collect, static_argnums=2)(source.arrays, scale_key,
                                                      int(normalization_rows))
-    input_scale = normalization_scale(rows)
+    input_scale = normalization_scale(rows, target=normalization_target)
+    if not np.isfinite(float(input_scale)):
+      raise BadInputError(f"init_train_state: the input normalisation's scale is {input_scale} "
+                          f"(the {normalization_rows} rows drawn have mean norm "
+                          f"{float(jnp.mean(jnp.linalg.norm(rows, axis=-1)))})")
   else:
     input_scale = jnp.ones((), jnp.float32)
   return SAETrainState(

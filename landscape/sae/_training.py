@@ -5,8 +5,8 @@ No loop here: a training loop composes these. Each is a switch of the recipe it 
 - unit-norm decoder rows (`unit_norm_decoder`): the gradient's component along each decoder row
   removed before the optimizer, the rows renormalised after it (OpenAI, dictionary_learning);
 - ``b_dec`` from the data (`init_b_dec`): geometric median (Weiszfeld), mean, or zero;
-- input normalisation to unit mean squared norm (`normalization_scale`), folded into the weights
-  when saving (`fold_normalization`);
+- input normalisation to dictionary_learning's or SAELens's units (`normalization_scale`), folded
+  into the weights when saving (`fold_normalization`);
 - dead latents tracked by tokens since each last fired (`FiringState`), for AuxK and resampling;
 - dead-latent resampling (`resample_dead_latents`, Bricken et al. 2023), with the optimizer's
   moments of the resampled rows reset (`reset_latent_moments`);
@@ -120,6 +120,46 @@ def renormalize_decoder() -> optax.GradientTransformationExtraArgs:
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def positive_threshold(*, fraction_of_bandwidth: float = 1e-3
+                       ) -> optax.GradientTransformationExtraArgs:
+  """Last in a chain: keeps every JumpReLU SAE's threshold positive. Where ``params + update``
+  would fall below ``fraction_of_bandwidth x bandwidth`` (the SAE's kernel width, so the floor is
+  in the units of its pre-activations), the update is changed to land on that floor; other leaves
+  and other architectures pass through.
+
+  The straight-through reconstruction gradient lowers a threshold wherever letting more codes
+  through lowers the error, and nothing in a plain optimizer stops it at 0: below 0 the
+  pseudo-derivative ``-(threshold / bandwidth) rect(.)`` changes sign and the SAE is no longer a
+  JumpReLU. SAELens and Gemma Scope train ``log(threshold)`` instead; this keeps
+  dictionary_learning's parametrisation (and the stored ``threshold``) and clamps, as projected
+  gradient descent.
+  """
+  if not fraction_of_bandwidth > 0:
+    raise BadInputError(f"positive_threshold: fraction_of_bandwidth={fraction_of_bandwidth!r} "
+                        "must be > 0")
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _require_params(params, "positive_threshold")
+
+    def clamp(update_sae: SAE, param_sae: SAE) -> SAE:
+      if not isinstance(param_sae, JumpReLUSAE):
+        return update_sae
+      floor = fraction_of_bandwidth * param_sae.bandwidth
+      threshold = param_sae.threshold.astype(jnp.float32)
+      stepped = jnp.maximum(threshold + update_sae.threshold.astype(jnp.float32), floor)
+      return update_sae.replace(
+          threshold=(stepped - threshold).astype(update_sae.threshold.dtype))
+
+    return map_saes(clamp, updates, params), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def unit_norm_decoder(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """``inner`` (e.g. ``optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))``) with the
   decoder kept at unit-norm rows: the parallel gradient removed before it, the rows renormalised
@@ -172,26 +212,65 @@ def init_b_dec(sae: SAE, acts: jax.Array, method: str = "geometric_median") -> S
   return sae.replace(b_dec=initial_b_dec(acts, method).astype(sae.b_dec.dtype))
 
 
-def normalization_scale(acts: jax.Array, *, target_mean_squared_norm: float = 1.0) -> jax.Array:
-  """The scalar s with ``mean_n ||s x_n||^2 = target_mean_squared_norm`` over activations
-  (..., D) (computed in float32). Train on ``s * x``; save `fold_normalization(sae, s)`."""
+NORMALIZATION_TARGETS = ("unit_mean_squared_norm", "mean_norm_sqrt_d")
+
+
+def normalization_scale(acts: jax.Array, *, target: str = "unit_mean_squared_norm") -> jax.Array:
+  """The scalar s that scales activations (..., D) to the reference trainers' units (computed in
+  float32). Train on ``s * x``; save `fold_normalization(sae, s)`.
+
+  ``target``:
+    "unit_mean_squared_norm": ``mean_n ||s x_n||^2 = 1``, s = 1 / sqrt(mean_n ||x_n||^2)
+      (dictionary_learning's ``normalize_activations``, its ``get_norm_factor``; Gemma Scope's
+      section 3.1). The JumpReLU defaults here (threshold and bandwidth 0.001) are
+      dictionary_learning's, for these units.
+    "mean_norm_sqrt_d": ``mean_n ||s x_n|| = sqrt(D)``, s = sqrt(D) / mean_n ||x_n|| (SAELens's
+      ``normalize_activations="expected_average_only_in"``, its ``ActivationScaler``; the mean
+      of the norms, not their root mean square). Activations are then sqrt(D) times larger than
+      in the first units (for equal norms): scale thresholds, bandwidths and L1 coefficients
+      with them.
+
+  All-zero activations have no such scale: the result is then inf (`init_train_state` refuses it).
+
+  Raises:
+    BadInputError: an unknown target.
+  """
+  if target not in NORMALIZATION_TARGETS:
+    raise BadInputError(f"normalization_scale: target={target!r}; expected one of "
+                        f"{NORMALIZATION_TARGETS}")
   acts = jnp.asarray(acts, jnp.float32)
-  mean_squared_norm = jnp.mean(jnp.sum(jnp.square(acts), axis=-1))
-  return jnp.sqrt(target_mean_squared_norm / mean_squared_norm)
+  squared_norms = jnp.sum(jnp.square(acts), axis=-1)
+  if target == "unit_mean_squared_norm":
+    return jax.lax.rsqrt(jnp.mean(squared_norms))
+  return jnp.sqrt(jnp.float32(acts.shape[-1])) / jnp.mean(jnp.sqrt(squared_norms))
 
 
 def fold_normalization(sae: SAE, scale: jax.Array | float) -> SAE:
   """The SAE on raw activations equal to ``sae`` trained on ``scale * x``: for every x,
   ``folded(x) = sae(scale * x) / scale`` and ``folded.encode(x) = sae.encode(scale * x) / scale``.
 
-  Biases and thresholds are divided by ``scale``; W_enc and W_dec are unchanged, so unit-norm
-  decoder rows stay unit norm and the decoder rows keep their meaning as directions (as
-  dictionary_learning's ``scale_biases``; SAELens's ``fold_activation_norm_scaling_factor``
-  instead scales W_enc and W_dec and keeps the codes). TopK picks the same latents, since every
-  pre-activation is divided by the same positive scale.
+  Exact in real arithmetic: the pre-activations of the folded SAE are those of ``sae`` on
+  ``scale * x`` divided by ``scale``, and every activation function here commutes with a positive
+  scale once its threshold is divided too. So biases and thresholds are divided by ``scale``, and a
+  JumpReLU's bandwidth (the width of its threshold's kernel, in the same units) as well, so that
+  training the folded SAE on raw activations takes the steps ``sae`` took on scaled ones. W_enc and
+  W_dec are unchanged: unit-norm decoder rows stay unit norm and keep their meaning as directions
+  (as dictionary_learning's ``scale_biases``; SAELens's ``fold_activation_norm_scaling_factor``
+  instead multiplies W_enc by the scale and divides W_dec and b_dec by it, keeping the codes and
+  the threshold).
+
+  ``scale`` must be concrete (not traced) for a JumpReLU SAE: its bandwidth is static.
   """
+  changes = {}
+  if isinstance(sae, JumpReLUSAE):
+    try:
+      host_scale = float(scale)
+    except jax.errors.ConcretizationTypeError:
+      raise BadInputError("fold_normalization: a traced scale for a JumpReLU SAE; its bandwidth "
+                          "is static, so fold with a concrete scale (outside jit)") from None
+    changes["bandwidth"] = sae.bandwidth / host_scale
   scale = jnp.asarray(scale, jnp.float32)
-  changes = dict(b_enc=(sae.b_enc / scale).astype(sae.b_enc.dtype),
+  changes.update(b_enc=(sae.b_enc / scale).astype(sae.b_enc.dtype),
                  b_dec=(sae.b_dec / scale).astype(sae.b_dec.dtype))
   if isinstance(sae, (JumpReLUSAE, BatchTopKSAE)):
     changes["threshold"] = (sae.threshold / scale).astype(sae.threshold.dtype)
@@ -281,7 +360,21 @@ def resample_dead_latents(key: jax.Array, sae: SAE, opt_state: Any, acts: jax.Ar
 
   Returns:
     (sae, opt_state, resampled (F,) bool).
+
+  Raises:
+    BadInputError: acts not (..., D) with D the SAE's d_in, or dead not (F,) (both shapes named).
   """
+  acts_shape, dead_shape = jnp.shape(acts), jnp.shape(dead)
+  if sae.stack_shape:
+    raise BadInputError(f"resample_dead_latents: a stack of {sae.stack_shape} SAEs; vmap it over "
+                        "the stack")
+  if len(acts_shape) < 1 or acts_shape[-1] != sae.d_in or np.prod(acts_shape[:-1]) < 1:
+    raise BadInputError(f"resample_dead_latents: acts of shape {acts_shape} for an SAE with "
+                        f"d_in={sae.d_in} (W_enc {tuple(sae.W_enc.shape)}); expected (..., "
+                        f"{sae.d_in}) with at least one example")
+  if dead_shape != (sae.d_sae,):
+    raise BadInputError(f"resample_dead_latents: dead of shape {dead_shape} for an SAE with "
+                        f"d_sae={sae.d_sae}; expected ({sae.d_sae},)")
   x = jnp.asarray(acts).reshape(-1, sae.d_in)
   dead = jnp.asarray(dead, bool)
   num_examples, width = x.shape[0], sae.d_sae
