@@ -3,6 +3,7 @@
 import math
 import os
 import tempfile
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -231,6 +232,28 @@ class PresetTest(absltest.TestCase):
     self.assertLen(result["per_seed"]["id"][0.99], config.num_seeds)
     self.assertEqual(result["steps"][6], dict(epochs=4, batch_size=4, num_batches=2, remainder=2,
                                               steps=8))
+
+  def test_cells_in_workers_resume_and_refuse_other_settings(self):
+    config = flagship_config.get_config("rrr_paper_smoke")
+    config.sample_efficiency.sizes = (5, 6)
+    config.workers = 2
+    in_workers, here = tempfile.mkdtemp(), tempfile.mkdtemp()
+    first = _sample_efficiency.run(config, in_workers)
+    self.assertLen(os.listdir(os.path.join(in_workers, "epochs", "pro_rule1")), 2)
+    config.workers = 1
+    alone = _sample_efficiency.run(config, here)
+    for condition in _sample_efficiency.CONDITIONS:  # the same programs in any process: bitwise
+      np.testing.assert_array_equal(first["accuracy"][condition]["ood"],
+                                    alone["accuracy"][condition]["ood"])
+    with mock.patch.object(_sample_efficiency, "train_epoch_cell",
+                           side_effect=AssertionError("a finished cell trained again")):
+      again = _sample_efficiency.run(config, in_workers)
+    np.testing.assert_array_equal(again["accuracy"]["label_only"]["id"],
+                                  first["accuracy"]["label_only"]["id"])
+    config.sample_efficiency.example_budget = 30
+    with self.assertRaisesRegex(training.ConfigError, r"label_only/5\.json was computed with other "
+                                                      r"settings \(settings: .*use a fresh workdir"):
+      _sample_efficiency.run(config, in_workers)
 
 
 if __name__ == "__main__":

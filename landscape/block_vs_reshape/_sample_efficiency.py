@@ -28,6 +28,8 @@ size whose test accuracy is strictly above the cutoff (``rule="first_above"``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import os
 from typing import Any
@@ -174,39 +176,120 @@ def _train_epochs(model: models.Model, objective: objectives.Objective,
   return train
 
 
-def _run_epochs(config, values, sizes, model, optimizer, weight):
-  """The reference schedule: every size and condition, seeds vmapped; accuracy per seed."""
+@dataclasses.dataclass(frozen=True)
+class EpochCell:
+  """One condition at one training-set size under the reference schedule, every seed vmapped: a
+  job of its own (`training.run_jobs`), its accuracies kept in ``{workdir}/epochs/{condition}/{size}
+  .json`` beside the settings that produced them."""
+
+  condition: str
+  size: int
+
+  def path(self, workdir: str) -> str:
+    return os.path.join(workdir, "epochs", self.condition, f"{self.size}.json")
+
+
+def _epochs_identity(config: ml_collections.ConfigDict, values: dict[str, Any],
+                     weight: float) -> dict[str, Any]:
+  """Everything a cell's accuracies depend on but its condition and size."""
+  return json.loads(json.dumps(dict(
+      settings=values, seeds=[config.seed + index for index in range(config.num_seeds)],
+      explanation_weight=weight, learning_rate=config.toy_colors.learning_rate,
+      hidden_sizes=list(values["hidden_sizes"] or config.toy_colors.hidden_sizes),
+      num_eval=values["num_eval"] or config.toy_colors.num_eval)))
+
+
+def _read_cell(workdir: str, cell: EpochCell, identity: dict[str, Any]) -> dict[str, list] | None:
+  """A finished cell's accuracies ({split: per seed}); None if not run; ConfigError if it was run
+  with other settings (never read as this run's)."""
+  path = cell.path(workdir)
+  if not os.path.exists(path):
+    return None
+  with open(path) as handle:
+    stored = json.load(handle)
+  if stored["identity"] != identity:
+    differ = sorted(key for key in set(identity) | set(stored["identity"])
+                    if identity.get(key) != stored["identity"].get(key))
+    raise training.ConfigError(
+        f"sample efficiency: {path} was computed with other settings ({', '.join(differ)}: "
+        f"{[stored['identity'].get(key) for key in differ]} there, {[identity.get(key) for key in differ]} "
+        "now); use a fresh workdir")
+  return stored["accuracy"]
+
+
+# This process's datasets of the reference schedule, one per seed and setting.
+_DATASETS_HERE: dict[tuple, data.Dataset] = {}
+
+
+def _seed_dataset(seed: int, num_train: int, num_eval: int, generator: str,
+                  input_scale: str) -> data.Dataset:
+  key = (seed, num_train, num_eval, generator, input_scale)
+  if key not in _DATASETS_HERE:
+    _DATASETS_HERE[key] = _annotated(data.toy_colors(num_train=num_train, num_eval=num_eval,
+                                                     seed=seed, generator=generator,
+                                                     input_scale=input_scale))
+  return _DATASETS_HERE[key]
+
+
+def train_epoch_cell(config: ml_collections.ConfigDict, workdir: str, sizes: tuple[int, ...],
+                     cell: EpochCell) -> None:
+  """Trains one cell (every seed in one program) and writes its accuracies (atomically)."""
+  values = settings_of(config)
+  weight = config.sample_efficiency.explanation_weight
+  hidden_sizes = tuple(values["hidden_sizes"]) or tuple(config.toy_colors.hidden_sizes)
+  model = models.mlp(75, hidden_sizes, 2, init_scale=values["init_scale"] or None)
+  optimizer = optax.adam(config.toy_colors.learning_rate)
   seeds = [config.seed + index for index in range(config.num_seeds)]
-  num_train = values["num_train"] or int(sizes[-1])
-  num_eval = values["num_eval"] or config.toy_colors.num_eval
-  datasets = [_annotated(data.toy_colors(num_train=num_train, num_eval=num_eval, seed=seed,
-                                         generator=values["generator"],
-                                         input_scale=values["input_scale"])) for seed in seeds]
-  stacked = {name: np.stack([d.arrays[name] for d in datasets]) for name in datasets[0].arrays}
-  evals = {split: {name: np.stack([d.eval_sets[split][name] for d in datasets])
-                   for name in ("inputs", "labels")} for split in ("id", "ood")}
+  datasets = [_seed_dataset(seed, values["num_train"] or int(max(sizes)),
+                            values["num_eval"] or config.toy_colors.num_eval, values["generator"],
+                            values["input_scale"]) for seed in seeds]
+  prefix = {name: np.stack([d.arrays[name][:cell.size] for d in datasets])
+            for name in datasets[0].arrays}
   keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
+  schedule = epoch_schedule(cell.size, values["example_budget"], values["max_batch_size"])
+  mask_key = None if cell.condition == "label_only" else cell.condition
+  train = jax.jit(jax.vmap(_train_epochs(model, _objective(cell.condition, weight, values),
+                                         optimizer, schedule, mask_key)))
+  params = train(keys, prefix)
 
   @jax.jit
   def accuracy(params, inputs, labels):
     logits, _ = model.forward(params, inputs)
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
+  result = {}
+  for split in ("id", "ood"):
+    inputs = np.stack([d.eval_sets[split]["inputs"] for d in datasets])
+    labels = np.stack([d.eval_sets[split]["labels"] for d in datasets])
+    result[split] = np.asarray(jax.vmap(accuracy)(params, inputs, labels), np.float64).tolist()
+  logging.info("sample efficiency: %s, %d examples, %d steps of batch %d: id accuracy %s",
+               cell.condition, cell.size, schedule.steps, schedule.batch_size,
+               np.round(result["id"], 4).tolist())
+  os.makedirs(os.path.dirname(cell.path(workdir)), exist_ok=True)
+  training.write_json_atomically(cell.path(workdir), dict(
+      identity=_epochs_identity(config, values, weight), condition=cell.condition, size=cell.size,
+      steps=schedule.steps, batch_size=schedule.batch_size, accuracy=result))
+
+
+def _run_epochs(config, values, sizes, weight, workdir):
+  """The reference schedule: a job per condition and size (`EpochCell`), in ``config.workers``
+  worker processes where a CPU allows, resuming the cells an earlier run finished; accuracy per
+  seed."""
+  size_list = tuple(int(size) for size in sizes)
+  cells = [EpochCell(condition, size) for condition in CONDITIONS for size in size_list]
+  identity = _epochs_identity(config, values, weight)
+  # Smaller sizes take more, smaller steps (the same example budget): the longest first.
+  todo = sorted((cell for cell in cells if _read_cell(workdir, cell, identity) is None),
+                key=lambda cell: cell.size)
+  try:
+    training.run_jobs(functools.partial(train_epoch_cell, config, workdir, size_list), todo,
+                      workers=training.resolve_workers(config.get("workers", 1)))
+  finally:
+    _DATASETS_HERE.clear()
   per_seed = {condition: {"id": [], "ood": []} for condition in CONDITIONS}
-  for condition in CONDITIONS:
-    objective = _objective(condition, weight, values)
-    mask_key = None if condition == "label_only" else condition
-    for size in sizes.astype(int):
-      schedule = epoch_schedule(int(size), values["example_budget"], values["max_batch_size"])
-      train = jax.jit(jax.vmap(_train_epochs(model, objective, optimizer, schedule, mask_key)))
-      prefix = {name: value[:, :size] for name, value in stacked.items()}
-      params = train(keys, prefix)
-      for split in ("id", "ood"):
-        per_seed[condition][split].append(np.asarray(jax.vmap(accuracy)(
-            params, evals[split]["inputs"], evals[split]["labels"]), np.float64))
-      logging.info("sample efficiency: %s, %d examples, %d steps of batch %d: id accuracy %s",
-                   condition, size, schedule.steps, schedule.batch_size,
-                   per_seed[condition]["id"][-1].round(4).tolist())
+  for cell in cells:
+    for split, accuracy in _read_cell(workdir, cell, identity).items():
+      per_seed[cell.condition][split].append(np.asarray(accuracy, np.float64))
   # (sizes, seeds) per condition and split
   return {condition: {split: np.stack(rows) for split, rows in by_split.items()}
           for condition, by_split in per_seed.items()}
@@ -271,7 +354,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   optimizer = optax.adam(config.toy_colors.learning_rate)
   weight = settings.explanation_weight
   if values["schedule"] == "epochs":
-    accuracy = _run_epochs(config, values, sizes, model, optimizer, weight)
+    accuracy = _run_epochs(config, values, sizes, weight, workdir)
   else:
     accuracy = _run_steps(config, values, sizes, model, optimizer, weight, workdir)
   curves = {condition: {split: [analysis.mean_interval(row) for row in accuracy[condition][split]]

@@ -35,11 +35,15 @@ JAX_SETTINGS = (
 MAX_DEFAULT_WORKERS = 4
 
 
+def _in_a_worker() -> bool:
+  return multiprocessing.parent_process() is not None
+
+
 def default_workers() -> int:
   """The worker processes `run_jobs` uses for ``workers=0``: the cores this process may use, at
-  most `MAX_DEFAULT_WORKERS`, on a single-process CPU backend; 1 on a GPU or TPU or across
-  processes."""
-  if jax.default_backend() != "cpu" or jax.process_count() > 1:
+  most `MAX_DEFAULT_WORKERS`, on a single-process CPU backend; 1 on a GPU or TPU, across
+  processes, and inside a worker (jobs of a job run one after another)."""
+  if jax.default_backend() != "cpu" or jax.process_count() > 1 or _in_a_worker():
     return 1
   cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")  # not on macOS
            else os.cpu_count() or 1)
@@ -51,7 +55,7 @@ def resolve_workers(workers: int, *, field: str = "config.workers") -> int:
   if not isinstance(workers, int) or workers < 0:
     raise ConfigError(f"{field}={workers!r}: give 0 (as many as the CPU's cores, at most "
                       f"{MAX_DEFAULT_WORKERS}) or a number of worker processes >= 1")
-  if workers == 0:
+  if workers == 0 or _in_a_worker():
     return default_workers()
   if workers > 1 and (jax.default_backend() != "cpu" or jax.process_count() > 1):
     logging.warning("%s=%d: one process owns a %s backend (or joins a multi-process run); running "
