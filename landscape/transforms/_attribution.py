@@ -26,10 +26,13 @@ class AttributeState(NamedTuple):
 
   directions: the directions' own state (`optax.EmptyState` when fixed).
   metrics: name -> float32 array, see `attribute`.
+  rows: with ``rows_arg``, target -> the dictionary rows in use (N, D), replaced whenever new ones
+    arrive; None otherwise.
   """
 
   directions: Any
   metrics: dict[str, jax.Array]
+  rows: dict[str, jax.Array] | None = None
 
 
 def _zero_metrics(directions: Directions) -> dict[str, jax.Array]:
@@ -51,8 +54,10 @@ def _present_leaves(updates: Any) -> dict[str, jax.Array]:
 
 
 def measure(directions: Directions, updates: Any, bases: Mapping[str, jax.Array], *,
-            what: str) -> dict[str, jax.Array]:
-  """The metrics of `attribute` for ``updates``, each basis of the form taken from ``bases``."""
+            what: str, rows: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+  """The metrics of `attribute` for ``updates``, each basis of the form taken from ``bases`` and,
+  for a dictionary, the rows reported along from ``rows`` (those of ``directions`` when None)."""
+  rows = directions.rows if rows is None else rows
   leaves = _present_leaves(updates)
   reported_along_basis = directions.kind != "dictionary"
   norm_squared = {target: jnp.zeros((), jnp.float32) for target in directions.rows}
@@ -75,7 +80,7 @@ def measure(directions: Directions, updates: Any, bases: Mapping[str, jax.Array]
       coefficients_MxK = jnp.einsum("md,kd->mk", rows_MxD, basis_KxD, precision=_HIGHEST)
       squared_N[target] = squared_N[target] + jnp.sum(jnp.square(coefficients_MxK), axis=0)
       continue
-    dictionary_NxD = directions.rows[target].astype(rows_MxD.dtype)
+    dictionary_NxD = rows[target].astype(rows_MxD.dtype)
     num_rows, width = dictionary_NxD.shape
     if num_rows > width:
       # ||U d||^2 = d^T (U^T U) d: one D x D Gram per site, then O(N D^2), never O(M N D).
@@ -90,7 +95,7 @@ def measure(directions: Directions, updates: Any, bases: Mapping[str, jax.Array]
   for target in directions.rows:
     if target in gram_DxD:
       gram = gram_DxD[target]
-      dictionary_NxD = directions.rows[target].astype(gram.dtype)
+      dictionary_NxD = rows[target].astype(gram.dtype)
       basis_RxD = bases[target].astype(gram.dtype)
       squared_N[target] = jnp.maximum(jnp.einsum("nd,de,ne->n", dictionary_NxD, gram,
                                                  dictionary_NxD, precision=_HIGHEST), 0.0)
@@ -99,7 +104,7 @@ def measure(directions: Directions, updates: Any, bases: Mapping[str, jax.Array]
       in_span[target] = jnp.sum(squared_N[target])
       row_norm_squared = jnp.ones_like(squared_N[target])
     else:
-      row_norm_squared = jnp.sum(jnp.square(directions.rows[target].astype(jnp.float32)), axis=-1)
+      row_norm_squared = jnp.sum(jnp.square(rows[target].astype(jnp.float32)), axis=-1)
     positive = norm_squared[target] > 0
     safe_norm_squared = jnp.where(positive, norm_squared[target], 1.0)
     row_positive = positive & (row_norm_squared > 0)
@@ -114,7 +119,30 @@ def measure(directions: Directions, updates: Any, bases: Mapping[str, jax.Array]
   return {name: value.astype(jnp.float32) for name, value in metrics.items()}
 
 
-def attribute(directions: Any) -> optax.GradientTransformationExtraArgs:
+def _current_rows(directions: Directions, held: Mapping[str, jax.Array], given: Any, *,
+                  rows_arg: str) -> dict[str, jax.Array]:
+  """``held`` with the rows in ``given`` (the rows extra arg's value, or None) put in; shapes
+  checked (when traced too), values trusted."""
+  held = dict(held)
+  if given is None:
+    return held
+  name = f"attribute: extra arg {rows_arg!r}"
+  if not isinstance(given, Mapping):
+    raise DirectionsError(f"{name} must map site -> (N, D) dictionary rows; got "
+                          f"{type(given).__name__}")
+  for site, rows in given.items():
+    if site not in held:
+      raise DirectionsError(f"{name} has rows for site {site!r}, which has no dictionary; known: "
+                            f"{sorted(held)}")
+    if tuple(jnp.shape(rows)) != tuple(held[site].shape):
+      raise DirectionsError(f"{name}: site {site!r} has rows of shape {tuple(jnp.shape(rows))}; "
+                            f"expected {tuple(held[site].shape)} as at construction")
+    held[site] = jnp.asarray(rows).astype(held[site].dtype)
+  return held
+
+
+def attribute(directions: Any, *, rows_arg: str | None = None
+              ) -> optax.GradientTransformationExtraArgs:
   """Decomposes each update onto the directions and reports it in ``state.metrics``.
 
   The update passes through unchanged: the returned updates are the very arrays given (bitwise).
@@ -130,29 +158,54 @@ def attribute(directions: Any) -> optax.GradientTransformationExtraArgs:
   * ``f"{target}/share"`` (K,): that squared magnitude over the squared norm of the linked slices
     (for a dictionary, along the unit row d_k / ||d_k||).
   * ``f"{target}/total_share"`` (): the share of the squared norm in the span of the basis (of the
-    selected rows for a dictionary; its current span basis when one arrives through ``extra_arg``,
-    while the rows reported stay those given at construction); for orthonormal directions, the sum
-    of ``share``.
+    selected rows for a dictionary; its current span basis when one arrives through the
+    directions' ``extra_arg``); for orthonormal directions, the sum of ``share``.
   * ``f"{target}/norm"`` (): the norm of the linked slices.
 
   Before the first update the metrics are zeros; masked-out leaves contribute nothing. The mapping
   rule and the precision are those of `project_out`. `label_metrics` turns the vectors into
   per-label scalars for logging.
 
+  A dictionary that changes during training (a live SAE's decoder) is reported along its current
+  rows when they arrive through ``rows_arg``: ``update(..., **{rows_arg: {site: rows_NxD}})``. The
+  rows are held in the state (``AttributeState.rows``) and used until new ones arrive; any subset
+  of the sites may be given, each of the shape given at construction. The span behind
+  ``total_share`` is the directions' own (refresh it with `span_refresher` through their
+  ``extra_arg``): a new set of rows does not move it.
+
   Args:
     directions: as `project_out`.
+    rows_arg: the keyword through which current dictionary rows (site -> (N, D)) arrive each step;
+      None: the rows given at construction, always. Only for `dictionary_directions`.
+
+  Raises:
+    DirectionsError: ``rows_arg`` for directions that are not a dictionary's, or equal to the
+      directions' ``extra_arg``; at update, rows for an unknown site or of another shape.
   """
   directions = as_directions(directions)
+  if rows_arg is not None:
+    if directions.kind != "dictionary":
+      raise DirectionsError(f"attribute: rows_arg={rows_arg!r} needs dictionary_directions; these "
+                            f"are {directions.kind!r} directions, whose rows are their bases (give "
+                            f"new ones through the directions' extra_arg)")
+    if rows_arg == directions.extra_arg:
+      raise DirectionsError(f"attribute: rows_arg={rows_arg!r} is also the directions' extra_arg "
+                            f"(the span bases); give the rows their own keyword")
 
   def init_fn(params):
     directions.check_params(params, what="attribute: params")
-    return AttributeState(directions=directions.init(), metrics=_zero_metrics(directions))
+    rows = None if rows_arg is None else dict(directions.rows)
+    return AttributeState(directions=directions.init(), metrics=_zero_metrics(directions),
+                          rows=rows)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params
     bases, directions_state = directions.current(state.directions, extra_args, what="attribute")
-    metrics = measure(directions, updates, bases, what="attribute")
-    return updates, AttributeState(directions=directions_state, metrics=metrics)
+    rows = None
+    if rows_arg is not None:
+      rows = _current_rows(directions, state.rows, extra_args.get(rows_arg), rows_arg=rows_arg)
+    metrics = measure(directions, updates, bases, what="attribute", rows=rows)
+    return updates, AttributeState(directions=directions_state, metrics=metrics, rows=rows)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

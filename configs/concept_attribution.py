@@ -1,0 +1,105 @@
+"""What is each update teaching? Concept attribution over SAE features, and selective
+amplify/suppress: modular arithmetic (the skill, ``a + 1 = c`` mod 10) versus a pirate dialect (the
+style).
+
+  python -m experiments.concept_attribution --config=configs/concept_attribution.py \
+      --workdir=workdirs/concept_attribution
+  python -m experiments.concept_attribution --config=configs/concept_attribution.py:smoke \
+      --workdir=/tmp/landscape/ca_smoke
+  python -m experiments.concept_attribution --config=configs/concept_attribution.py:planted \
+      --workdir=/tmp/landscape/ca_planted
+  python -m experiments.concept_attribution --config=configs/concept_attribution.py:gpu \
+      --workdir=workdirs/concept_attribution_gpu
+
+Presets: "" (every arm, 5 seeds, a 2-layer GPT of width 32 and a 128-feature SAE; at most 15
+minutes on a 2-core CPU), "smoke" (every arm, 2 seeds, a few steps: seconds of training, for
+tests), "planted" (the default with the style absent from the fine-tuning data: no style
+attribution above the random features' level is expected), "planted_smoke" (the same at the smoke
+preset's size, for tests), "gpu" (a wider model and SAE, more steps: sized for one GPU, not tuned).
+Rerunning the same command resumes: the base model, the SAEs and finished arms are read back; a
+rerun with a different setting is refused.
+"""
+
+import ml_collections
+
+from landscape.concept_attribution import ARMS
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_seeds = 5
+  config.steps = 150                   # fine-tuning steps of every arm (long arms: long_factor x)
+  config.batch_size = 32
+  config.learning_rate = 3e-3          # Adam's, in fine-tuning
+  config.evaluations = 5               # equally spaced evaluations of every run, and at step 0
+  config.attribution_log_every = 5     # steps between logged attributions
+  config.arms = ",".join(ARMS)
+  config.site = "blocks.0.resid_post"  # the middle of the residual stream of a 2-layer GPT
+  config.group_size = 8                # features per group (style, skill, and each control)
+  config.roles = "writes"              # links the gains act at (the attribution reads "writes")
+  config.long_factor = 5
+  config.eval_size = 256
+  config.probe_size = 256              # examples of each labelling probe set
+  config.probe_seed = 2_000_003
+  config.source_batch_size = 64        # examples of each data source's attributed gradient
+  config.decodability_steps = 200      # 0: no decodability probes
+  config.code_change_examples = 32     # probe examples of the signed code-change attribution
+  config.skill_threshold = 0.9         # the skill accuracy criterion 4 counts steps to
+
+  config.world = ml_collections.ConfigDict(dict(
+      modulus=10, num_words=24, num_pirate=12, prose_length=6, seed=0,
+      addend=1))  # a + 1 = c; -1: a + b = c, b uniform (not learned by this model in 1,200 steps)
+  config.model = ml_collections.ConfigDict(dict(d_model=32, num_layers=2, num_heads=4))
+  # The base model: plain text, sums present but their answers random (the skill absent).
+  config.pretrain = ml_collections.ConfigDict(dict(
+      steps=1500, batch_size=64, learning_rate=3e-3, arithmetic_rate=0.3, correct_rate=0.0,
+      style_rate=0.0))
+  config.sae = ml_collections.ConfigDict(dict(
+      d_sae=128, k=8, steps=1500, batch_size=256, buffer_size=4096, model_batch_size=64,
+      learning_rate=1e-3, num_seeds=3))
+  # Fine-tuning: correct sums, each example in the pirate dialect with probability style_rate.
+  # The answer's position weighs answer_weight in the loss (one position among 11, else).
+  config.finetune = ml_collections.ConfigDict(dict(arithmetic_rate=1.0, style_rate=1.0,
+                                                   answer_weight=2.0))
+  config.grids = ml_collections.ConfigDict(dict(
+      suppress=(0.0, -1.0), amplify=(3.0,), steering=(1.0,), concept_penalty=(1.0,)))
+  # The live SAE of plain_live: the base SAE, `steps` more SAE steps every `every` steps.
+  config.live = ml_collections.ConfigDict(dict(every=10, steps=2, batch_size=16,
+                                               learning_rate=1e-3))
+
+  if preset in ("smoke", "planted_smoke"):
+    config.num_seeds = 2
+    config.steps = 10
+    config.batch_size = 8
+    config.evaluations = 2
+    config.attribution_log_every = 2
+    config.group_size = 3
+    config.long_factor = 2
+    config.eval_size = 32
+    config.probe_size = 32
+    config.source_batch_size = 8
+    config.code_change_examples = 8
+    config.decodability_steps = 10
+    config.model.update(dict(d_model=16, num_heads=2))
+    config.pretrain.update(dict(steps=30, batch_size=16))
+    config.sae.update(dict(d_sae=24, k=4, steps=40, batch_size=64, buffer_size=512,
+                           model_batch_size=16, num_seeds=2))
+    config.live.update(dict(every=5, steps=1, batch_size=4))
+  elif preset == "gpu":
+    config.steps = 1000
+    config.batch_size = 128
+    config.model.update(dict(d_model=128, num_layers=2, num_heads=4))
+    config.pretrain.update(dict(steps=5000, batch_size=256))
+    config.sae.update(dict(d_sae=2048, k=16, steps=5000, batch_size=1024, buffer_size=65536,
+                           model_batch_size=256))
+    config.group_size = 16
+    config.probe_size = 1024
+    config.eval_size = 1024
+  elif preset not in ("", "planted"):
+    raise ValueError(f"configs/concept_attribution.py: unknown preset {preset!r}; expected smoke, "
+                     "planted, planted_smoke or gpu")
+  if preset in ("planted", "planted_smoke"):
+    config.finetune.style_rate = 0.0
+  config.lock()
+  return config

@@ -1,0 +1,145 @@
+"""Running the experiment: the setting (base model, SAEs, labels), then every arm, resuming what an
+earlier invocation left, then the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from landscape import objectives
+from landscape import training
+from landscape.concept_attribution import _measures as measures
+from landscape.concept_attribution import _report as report
+from landscape.concept_attribution._arms import ARM_REGISTRY
+from landscape.concept_attribution._arms import ARMS
+from landscape.concept_attribution._arms import plan_arm
+from landscape.concept_attribution._setting import Setting
+from landscape.concept_attribution._setting import build_setting
+from landscape.training import ConfigError
+
+# Config fields that shape every arm's runs beyond the loop's own (recorded in each arm's
+# config.json, so a rerun with any of them changed is refused rather than resumed).
+SETTING_FIELDS = ("world", "model", "site", "pretrain", "sae", "finetune", "group_size", "roles",
+                  "grids", "live", "learning_rate", "eval_size", "probe_size", "probe_seed",
+                  "source_batch_size", "decodability_steps", "long_factor", "code_change_examples")
+
+
+def arm_steps(config: ml_collections.ConfigDict, arm: str) -> int:
+  return config.steps * ARM_REGISTRY[arm].steps_factor(config)
+
+
+def loop_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.ConfigDict:
+  """The training loop's fields for ``arm``: ``config.evaluations`` equally spaced evaluations
+  (and one at step 0), the attribution logged every ``attribution_log_every`` steps, one
+  checkpoint at the end; the setting and the arm recorded as ``experiment``."""
+  loop = training.loop_config()
+  loop.seed = config.seed
+  loop.num_seeds = config.num_seeds
+  loop.steps = arm_steps(config, arm)
+  loop.batch_size = config.batch_size
+  loop.eval_every = max(1, loop.steps // config.evaluations)
+  loop.steps_per_call = loop.eval_every
+  loop.log_every = config.attribution_log_every
+  loop.checkpoint_every = 0
+  loop.eval_batch_size = min(loop.eval_batch_size, config.eval_size)
+  loop.tensorboard = False
+  identity = {field: (config[field].to_dict()
+                      if isinstance(config[field], ml_collections.ConfigDict) else config[field])
+              for field in SETTING_FIELDS}
+  loop.experiment = ml_collections.ConfigDict(dict(arm=arm, **identity))
+  return loop
+
+
+def finished_before(workdir: str, loop: ml_collections.ConfigDict,
+                    hparam_grid: list[dict[str, float]] | None) -> bool:
+  """Whether ``workdir`` holds this run, finished; ConfigError if it holds a different one."""
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as handle:
+      training.check_resumed_config(loop, json.load(handle), hparam_grid)
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as handle:
+    return json.load(handle).get("step") == loop.steps
+
+
+def run_arm(arm: str, setting: Setting, config: ml_collections.ConfigDict, workdir: str,
+            evaluators: measures.Evaluators) -> None:
+  """Trains one arm (all its grid points and seeds in one program) unless it already finished."""
+  arm_dir = os.path.join(workdir, "arms", arm)
+  loop = loop_config(config, arm)
+  grid = ARM_REGISTRY[arm].grid(config)
+  hparam_grid = grid if grid != [{}] else None
+  if finished_before(arm_dir, loop, hparam_grid):
+    logging.info("%s: finished before, reading its results", arm)
+    return
+  plan = plan_arm(arm, setting, config)
+  start = time.perf_counter()
+  training.train(loop, arm_dir, model=setting.model, objective=plan.objective,
+                 optimizer=plan.optimizer, dataset=plan.dataset, refreshers=plan.refreshers,
+                 optimizer_extra_args=plan.optimizer_extra_args,
+                 eval_metrics=objectives.CLASSIFICATION_METRICS,
+                 evaluators=evaluators.for_arm(setting, live=plan.live, final_step=loop.steps),
+                 hparam_grid=hparam_grid, initial_params=setting.base_params, progress=False)
+  logging.info("%s: %.1f s", arm, time.perf_counter() - start)
+
+
+def validate(config: ml_collections.ConfigDict) -> list[str]:
+  """The arms to run; ConfigError naming the field for anything unknown or impossible."""
+  arms = [name for name in config.arms.split(",") if name]
+  unknown = sorted(set(arms) - set(ARMS))
+  if unknown or not arms:
+    raise ConfigError(f"config.arms={config.arms!r}: unknown {unknown or 'empty'}; expected a "
+                      f"comma-separated subset of {ARMS}")
+  if config.num_seeds < 2:
+    raise ConfigError(f"config.num_seeds={config.num_seeds}: intervals over seeds need at least 2")
+  training.check_positive(config, ["steps", "batch_size", "evaluations", "attribution_log_every",
+                                   "group_size", "long_factor", "probe_size", "eval_size",
+                                   "source_batch_size", "learning_rate", "code_change_examples"])
+  if config.code_change_examples > config.probe_size:
+    raise ConfigError(f"config.code_change_examples={config.code_change_examples} must be at most "
+                      f"config.probe_size={config.probe_size}")
+  roles = [role for role in config.roles.split(",") if role]
+  if not roles or set(roles) - {"writes", "reads"}:
+    raise ConfigError(f"config.roles={config.roles!r}: expected 'writes', 'reads' or both, "
+                      "comma-separated")
+  if 3 * config.group_size > config.sae.d_sae:
+    raise ConfigError(f"config.group_size={config.group_size}: three groups (style, skill, "
+                      f"random) must fit in config.sae.d_sae={config.sae.d_sae}")
+  for name in ("suppress", "amplify", "steering", "concept_penalty"):
+    if not config.grids[name]:
+      raise ConfigError(f"config.grids.{name}=(): give one or more values")
+  return arms
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        command: str | None = None) -> dict[str, Any]:
+  """Builds the setting, trains every arm (resuming finished or interrupted ones), writes the
+  report.
+
+  Writes, under ``workdir``: ``base/`` (the base model's run), ``sae/`` (the SAEs, their labels
+  and stability), ``arms/{arm}/`` (each arm's metrics.jsonl, summary.json, checkpoints),
+  ``report.md`` with its PNG figures, ``metrics.jsonl`` (one row per arm and grid point) and
+  ``summary.json`` (the table, the attribution checks and the criteria). ``command`` is what the
+  report says produced the run.
+  """
+  arms = validate(config)
+  for arm in arms:
+    grid = ARM_REGISTRY[arm].grid(config)
+    training.validate_loop_config(loop_config(config, arm), num_runs=config.num_seeds * len(grid))
+  os.makedirs(workdir, exist_ok=True)
+  start = time.perf_counter()
+  setting = build_setting(config, workdir)
+  evaluators = measures.make_evaluators(setting, config)
+  for arm in arms:
+    run_arm(arm, setting, config, workdir, evaluators)
+  seconds = time.perf_counter() - start
+  overhead = measures.attribution_overhead(setting, config)
+  return report.write(config, workdir, setting=setting, arms=arms, seconds=seconds,
+                      command=command, overhead=overhead)

@@ -1,0 +1,175 @@
+"""Concept attribution, piece by piece: the attribution on a small GPT against float64 NumPy, the
+group shares' sum, the gain transform, and the criteria judged on planted results."""
+
+import types
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import concept_attribution as experiment_config
+from landscape import analysis
+from landscape import sae as sae_lib
+from landscape import transforms
+from landscape.concept_attribution import _criteria
+from landscape.concept_attribution import _measures
+from landscape.concept_attribution import _results
+from landscape.concept_attribution import _setting
+from landscape.concept_attribution import scale_along_by
+
+SITE = "blocks.0.resid_post"
+
+
+def _small_setting(d_sae=24, seed=0):
+  config = experiment_config.get_config("smoke")
+  world = _setting.make_world(config)
+  model = _setting.make_model(config, world)
+  params = model.init(jax.random.PRNGKey(seed))
+  sae = sae_lib.init_sae(jax.random.PRNGKey(seed + 1), "topk", config.model.d_model, d_sae, k=4)
+  return types.SimpleNamespace(model=model, sae=sae, site=SITE), params
+
+
+def _writer_vectors(update):
+  """Every vector the writes of blocks.0.resid_post put into the stream, float64: the rows of the
+  attention and MLP output kernels (their output axis) and their biases."""
+  block = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, np.float64), update["blocks"]["0"])
+  attention, mlp = block["attention"]["out"], block["mlp"]["out"]
+  return np.concatenate([attention["kernel"], attention["bias"][None], mlp["kernel"],
+                         mlp["bias"][None]])
+
+
+class AttributionTest(absltest.TestCase):
+
+  def test_matches_a_float64_reference_on_a_small_gpt(self):
+    setting, params = _small_setting()
+    rng = np.random.default_rng(0)
+    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
+                                                             jnp.float32), params)
+    tx = transforms.attribute(_measures.attribution_directions(setting))
+    _, state = jax.jit(tx.update)(update, tx.init(params))
+    u = _writer_vectors(update)
+    rows = np.asarray(setting.sae.W_dec, np.float64)
+    squared = np.sum(np.square(u @ rows.T), axis=0)
+    share = squared / (np.sum(np.square(u)) * np.sum(np.square(rows), axis=1))
+    # float32 HIGHEST matmuls over a Gram matrix of ~80 vectors of width 16: ~1e-6 relative.
+    np.testing.assert_allclose(state.metrics[f"{SITE}/magnitude"], np.sqrt(squared), rtol=1e-4)
+    np.testing.assert_allclose(state.metrics[f"{SITE}/share"], share, rtol=1e-4)
+
+  def test_group_shares_sum_as_documented(self):
+    setting, params = _small_setting(d_sae=40)
+    rng = np.random.default_rng(1)
+    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
+                                                             jnp.float32), params)
+    tx = transforms.attribute(_measures.attribution_directions(setting))
+    _, state = tx.update(update, tx.init(params))
+    share = np.asarray(state.metrics[f"{SITE}/share"])
+    masks = {"style": np.arange(40) < 5, "skill": (np.arange(40) >= 5) & (np.arange(40) < 12)}
+    masks["other"] = ~(masks["style"] | masks["skill"])
+    groups = _measures.group_shares(share, masks)
+    u = _writer_vectors(update)
+    unit = np.asarray(setting.sae.W_dec, np.float64)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    documented = np.sum(np.square(u @ unit.T)) / np.sum(np.square(u))
+    np.testing.assert_allclose(sum(groups.values()), documented, rtol=1e-4)
+    self.assertGreater(documented, 1.0)  # 40 rows in 16 dimensions: overcomplete
+    # An orthonormal dictionary: the shares of a partition sum to 1, the total share.
+    orthonormal = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    setting.sae = setting.sae.replace(W_dec=jnp.asarray(orthonormal, jnp.float32))
+    tx = transforms.attribute(_measures.attribution_directions(setting))
+    _, state = tx.update(update, tx.init(params))
+    halves = {"first": np.arange(16) < 7, "rest": np.arange(16) >= 7}
+    total = sum(_measures.group_shares(state.metrics[f"{SITE}/share"], halves).values())
+    np.testing.assert_allclose(total, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(state.metrics[f"{SITE}/total_share"], 1.0, rtol=1e-5)
+
+  def test_scale_along_by_reads_its_gain(self):
+    setting, params = _small_setting()
+    directions = sae_lib.feature_directions(setting.sae, setting.model.site_links, site=SITE,
+                                            features=np.array([1, 4, 7]), roles=("writes",))
+    rng = np.random.default_rng(2)
+    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
+                                                             jnp.float32), params)
+    for gain in (0.0, -1.0, 2.5):
+      by_arg = scale_along_by(directions, "gain")
+      out, _ = jax.jit(by_arg.update)(update, by_arg.init(params), None,
+                                      gain=jnp.asarray(gain, jnp.float32))
+      fixed = transforms.scale_along(directions, gain)
+      expected, _ = fixed.update(update, fixed.init(params))
+      jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), out,
+                             expected)
+
+  def test_rank_correlation(self):
+    self.assertAlmostEqual(_measures.rank_correlation([1, 2, 3, 4], [10, 20, 25, 40]), 1.0)
+    self.assertAlmostEqual(_measures.rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]), -1.0)
+    self.assertEqual(_measures.rank_correlation([1, 1, 1], [1, 2, 3]), 0.0)
+
+
+def _result(arm, *, style=None, skill=None, point=None, magnitude=None, skill_curve=None,
+            steps=100, seeds=(0, 1, 2, 3, 4)):
+  seeds = list(seeds)
+  final = {}
+  if style is not None:
+    final[_results.STYLE_RATE] = np.asarray(style, np.float64)
+  if skill is not None:
+    final[_results.SKILL_ACCURACY] = np.asarray(skill, np.float64)
+  curves = {}
+  if skill_curve is not None:
+    curves[_results.SKILL_ACCURACY] = skill_curve
+  attribution = {} if magnitude is None else {"magnitude": magnitude}
+  return _results.ArmResult(arm=arm, family="baseline", point=point or {}, seeds=seeds,
+                            steps=steps, final=final, curves=curves, attribution=attribution,
+                            mean_code=np.zeros((1, len(seeds), 1)))
+
+
+def _criterion(name):
+  return next(c for c in _criteria.PREREGISTERED if c.name.startswith(name))
+
+
+class CriteriaTest(absltest.TestCase):
+
+  def test_style_on_top_counts_seeds(self):
+    num_features, seeds = 10, 5
+    masks = {"style": np.arange(num_features) < 3}
+    steps = np.array([10, 20, 60])
+    magnitude = np.ones((3, seeds, num_features))
+    magnitude[:2, :4, :3] = 5.0          # seeds 0-3: the style features lead by step 50
+    magnitude[:2, 4, 5:] = 5.0           # seed 4: other features lead by step 50,
+    magnitude[2, 4, :3] = 50.0           # the style features only after it
+    plain = _result("plain", magnitude=(steps, magnitude))
+    verdict = _criteria.evaluate(_criterion("1."), _criteria.Evidence([plain], masks, 0.9))
+    self.assertEqual(verdict.outcome, analysis.HOLDS)
+    self.assertEqual(verdict.numbers["style_in_top"], [3, 3, 3, 3, 0])
+    magnitude[:2, 3, 5:] = 9.0           # now only 3 of 5 seeds
+    verdict = _criteria.evaluate(_criterion("1."), _criteria.Evidence([plain], masks, 0.9))
+    self.assertEqual(verdict.outcome, analysis.FAILS)
+
+  def test_suppression_needs_both_parts(self):
+    plain = _result("plain", style=[0.9, 0.8, 0.85, 0.95, 0.9], skill=[0.9] * 5)
+    halved = _result("suppress", point={"style_gain": 0.0}, style=[0.1, 0.2, 0.15, 0.1, 0.2],
+                     skill=[0.9, 0.905, 0.895, 0.9, 0.9])
+    evidence = _criteria.Evidence([plain, halved], {}, 0.9)
+    self.assertEqual(_criteria.evaluate(_criterion("2."), evidence).outcome, analysis.HOLDS)
+    worse_skill = _result("suppress", point={"style_gain": 0.0},
+                          style=[0.1, 0.2, 0.15, 0.1, 0.2], skill=[0.5, 0.52, 0.48, 0.5, 0.5])
+    evidence = _criteria.Evidence([plain, worse_skill], {}, 0.9)
+    verdict = _criteria.evaluate(_criterion("2."), evidence)
+    self.assertEqual(verdict.outcome, analysis.FAILS)
+    self.assertIn("-0.400", verdict.sentence)
+
+  def test_not_run(self):
+    evidence = _criteria.Evidence([_result("plain", style=[0.5] * 5)], {}, 0.9)
+    verdict = _criteria.evaluate(_criterion("5."), evidence)
+    self.assertEqual(verdict.outcome, _criteria.NOT_RUN)
+    self.assertIn("suppress_long", verdict.sentence)
+
+  def test_steps_to_threshold_censors(self):
+    steps = np.array([0, 20, 40, 60])
+    values = np.array([[0.1, 0.1], [0.5, 0.95], [0.92, 0.97], [0.93, 0.99]])
+    result = _result("plain", skill_curve=(steps, values), seeds=(0, 1), steps=60)
+    np.testing.assert_array_equal(_criteria.steps_to_threshold(result, 0.9), [40, 20])
+    np.testing.assert_array_equal(_criteria.steps_to_threshold(result, 0.995), [80, 80])
+
+
+if __name__ == "__main__":
+  absltest.main()
