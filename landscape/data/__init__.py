@@ -16,6 +16,19 @@ from landscape.data._digits import decoy_digits
 from landscape.data._digits import digits
 from landscape.data._digits import digits_splits
 from landscape.data._digits import patch_value
+from landscape.data._ginc import DELIMITER as GINC_DELIMITER
+from landscape.data._ginc import HMMMixture
+from landscape.data._ginc import bayes_optimal_loss
+from landscape.data._ginc import concept_log_likelihoods
+from landscape.data._ginc import concept_log_posterior
+from landscape.data._ginc import ginc_dataset
+from landscape.data._ginc import ginc_mixture
+from landscape.data._ginc import ginc_task
+from landscape.data._ginc import predictive
+from landscape.data._ginc import sample_hmm
+from landscape.data._pirate_arithmetic import PirateArithmetic
+from landscape.data._pirate_arithmetic import pirate_arithmetic_dataset
+from landscape.data._pirate_arithmetic import pirate_arithmetic_task
 from landscape.data._tokens import MARKER_MODES
 from landscape.data._tokens import TokenTask
 from landscape.data._tokens import marker_dataset

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
+from absl import flags
 from absl import logging
 
 from landscape.training._config import ConfigError
@@ -72,6 +73,8 @@ def _start_worker(settings: dict[str, Any], verbosity: int,
                   setup: Callable[[], None] | None) -> None:
   for name, value in settings.items():
     jax.config.update(name, value)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # a worker has no command line; absl would warn at its first line
   logging.use_absl_handler()  # the log lines look like this process's
   logging.set_verbosity(verbosity)
   if setup is not None:
