@@ -1,5 +1,7 @@
 """The belief-dynamics fit, its conversions, the steering vectors and the criteria as data."""
 
+import dataclasses
+
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -184,6 +186,12 @@ class ConversionTest(parameterized.TestCase):
 
   def test_refusals_are_bad_input(self):
     self.assertTrue(issubclass(steering_icl.OutOfFitRangeError, BadInputError))
+
+  def test_shots_that_do_not_move_the_log_odds_have_no_equivalent(self):
+    flat = dataclasses.replace(self.fit, point=dataclasses.replace(TRUE, gamma=0.0))
+    for convert in (steering_icl.shots_for_magnitude, steering_icl.flip_boundary):
+      with self.assertRaisesRegex(steering_icl.OutOfFitRangeError, r"gamma is 0"):
+        convert(flat, 0.5)
 
 
 class VectorTest(absltest.TestCase):

@@ -296,7 +296,7 @@ def markdown(measured: Measured, judged: Judged, *, config: ml_collections.Confi
            f"{config.num_seeds} seeds, {config.mixture.num_concepts} concepts, "
            f"{config.model.num_layers} layers of width {config.model.d_model}, {config.steps} steps; "
            f"{len(measured.log_odds[measured.sites[0]][0])} units (seed x prompt group); "
-           f"{seconds:.0f} s on {_device()}.", "",
+           f"{seconds:.0f} s to train and measure on {_device()}.", "",
            "## Does the model infer the concept in context?", "",
            f"Held-out next-token loss: model {analysis.mean_interval(measured.model_loss_S):.4f} "
            f"(95% CI over seeds); Bayes-optimal {measured.bayes_loss:.4f} nats. By position "
@@ -342,7 +342,7 @@ def markdown(measured: Measured, judged: Judged, *, config: ml_collections.Confi
   lines += ["", "## Exchange rate: the magnitude equivalent to N shots, per site", "",
             "Difference-of-means vector; m in units of the site's mean activation norm "
             "(\"out of range\": the conversion refuses outside the measured m and N).", "",
-            "| site | scale | cos(shot vector, diff. of means) | "
+            "| site | scale | cos(shot vector towards c, diff. of means), over seeds | "
             + " | ".join(f"N={n:g}" for n in shots if n) + " |",
             "|---" * (3 + int(np.sum(shots > 0))) + "|"]
   for site in measured.sites:

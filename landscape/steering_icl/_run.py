@@ -70,7 +70,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
                         f"config.mixture.num_concepts={config.mixture.num_concepts} concepts")
   if prompts.target_concept == prompts.shot_concept:
     raise ConfigError(f"config.prompts.shot_concept={prompts.shot_concept}: must differ from "
-                      f"config.prompts.target_concept")
+                      f"config.prompts.target_concept={prompts.target_concept}")
   if config.num_bootstrap < 0:
     raise ConfigError(f"config.num_bootstrap={config.num_bootstrap}: must be >= 0")
   sites = [f"blocks.{i}.{config.steering.site_kind}" for i in range(config.model.num_layers)]
