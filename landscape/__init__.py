@@ -6,8 +6,8 @@ them (`project_out`, `project_onto`, `scale_along`, `attribute`), intervene on a
 
 Subpackages, lowest floor first: `sites`, `data`, `models`, `directions`, `interventions`,
 `transforms`, `sae`, `objectives`, `training`, `analysis`. Experiments: `landscape.supervised`,
-`landscape.block_vs_reshape`, `landscape.train_sae`, `landscape.benchmark` (each has
-``run(config, workdir)``).
+`landscape.block_vs_reshape`, `landscape.train_sae`, `landscape.concept_attribution`,
+`landscape.steering_icl`, `landscape.benchmark` (each has ``run(config, workdir)``).
 """
 
 from landscape import analysis

@@ -15,7 +15,6 @@ from landscape import data
 from landscape import models
 from landscape import objectives
 from landscape import training
-from landscape.block_vs_reshape import _run as block_vs_reshape_run
 from landscape.training import _identity
 
 MODEL = models.mlp(64, (8,), 10)
@@ -142,10 +141,21 @@ class RunIdentityTest(parameterized.TestCase):
     self.assertRegex(describe(optax.linear_schedule(0.0, 1.0, 10)),
                      r"^schedule optax\.schedules\..*\.<locals>\.schedule$")
 
-  def test_the_block_vs_reshape_check_reads_the_new_config_json(self):
-    self.assertTrue(block_vs_reshape_run.finished_before(self.workdir, _config(), None))
+  def test_a_finished_run_is_read_back_only_if_it_is_this_run(self):
+    # What the studies (block_vs_reshape, concept_attribution) ask before reading an arm back.
+    arguments = {name: value for name, value in _arguments().items() if name != "progress"}
+    self.assertTrue(training.finished_run(_config(), self.workdir, **arguments))
+    self.assertFalse(training.finished_run(_config(steps=20), self.workdir, **arguments))
+    self.assertFalse(training.finished_run(_config(), os.path.join(self.workdir, "none"),
+                                           **arguments))
     with self.assertRaisesRegex(training.ConfigError, r"config\.batch_size=8"):
-      block_vs_reshape_run.finished_before(self.workdir, _config(batch_size=8), None)
+      training.finished_run(_config(batch_size=8), self.workdir, **arguments)
+    other = dict(arguments, objective=objectives.compose(objectives.cross_entropy()))
+    with self.assertRaisesRegex(training.RunMismatchError, r"different objective"):
+      training.finished_run(_config(), self.workdir, **other)
+    with self.assertRaisesRegex(training.RunMismatchError, r"different optimizer"):
+      training.finished_run(_config(), self.workdir, **dict(arguments, optimizer=optax.chain(
+          optax.clip(1.0), optax.adam(1e-2))))
 
   def test_a_config_json_without_fingerprint_resumes_and_gains_one(self):
     workdir = self._copy()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -34,21 +33,6 @@ from landscape.block_vs_reshape._tasks import build_task
 from landscape.training import ConfigError
 
 
-def finished_before(workdir: str, loop: ml_collections.ConfigDict,
-                    hparam_grid: list[dict[str, float]] | None) -> bool:
-  """Whether ``workdir`` holds this run, finished; ConfigError if it holds a different one."""
-  path = os.path.join(workdir, "summary.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as handle:
-    finished_step = json.load(handle).get("step")
-  config_path = os.path.join(workdir, "config.json")
-  if os.path.exists(config_path):
-    with open(config_path) as handle:
-      training.check_resumed_config(loop, json.load(handle), hparam_grid)
-  return finished_step == loop.steps
-
-
 def arm_identity(task: Task, arm: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Everything beyond the loop's fields that shapes an arm's runs (see `loop_config`)."""
   return dict(task=task.name, arm=arm, task_settings=settings_identity(config[task.name]),
@@ -68,7 +52,9 @@ def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: st
   plan = plan_arm(arm, task, config)
   loop = loop_config(config, task.steps, task.batch_size, arm_identity(task, arm, config))
   hparam_grid = plan.grid if plan.grid != [{}] else None
-  if finished_before(arm_dir, loop, hparam_grid):
+  if training.finished_run(loop, arm_dir, model=task.model, objective=plan.objective,
+                           optimizer=plan.optimizer, dataset=plan.dataset,
+                           refreshers=plan.refreshers, hparam_grid=hparam_grid):
     logging.info("%s/%s: finished before, reading its results", task.name, arm)
     return
   start = time.perf_counter()

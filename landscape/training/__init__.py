@@ -20,6 +20,7 @@ from landscape.training._loop import Preempted
 from landscape.training._loop import TrainResult
 from landscape.training._loop import check_classification_metrics
 from landscape.training._loop import check_resumed_config
+from landscape.training._loop import finished_run
 from landscape.training._loop import run_seeds
 from landscape.training._loop import run_table
 from landscape.training._loop import stacked_run_view

@@ -427,6 +427,61 @@ def check_classification_metrics(model: Model, params: Any, dataset: Dataset,
                                        f"{advice}")
 
 
+def _abstract_state(init_one: Callable[..., TrainState], runs: list[dict[str, Any]],
+                    warm_start: Any, *, model: Model, objective: Objective,
+                    refreshers: Sequence[Refresher], dataset: Dataset
+                    ) -> tuple[TrainState, dict[str, Any]]:
+  """(the run-stacked state's shapes, the run's fingerprint), from one run's traced initialisation
+  (runs differ in values, not shapes); nothing is compiled."""
+  first_run = jax.eval_shape(lambda: init_one(
+      jax.random.PRNGKey(runs[0]["seed"]),
+      hparams={name: value for name, value in runs[0].items() if name != "seed"},
+      initial_params=None if warm_start is None else warm_start.for_run(0)))
+  abstract = jax.tree_util.tree_map(
+      lambda leaf: jax.ShapeDtypeStruct((len(runs),) + leaf.shape, leaf.dtype),
+      first_run).replace(step=first_run.step)
+  fingerprint = run_fingerprint(model=model, objective=objective, params=first_run.params,
+                                opt_state=first_run.opt_state, refreshers=refreshers,
+                                dataset=dataset,
+                                warm_start=None if warm_start is None else warm_start.identity)
+  return abstract, fingerprint
+
+
+def finished_run(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
+                 objective: Objective, optimizer: optax.GradientTransformationExtraArgs,
+                 dataset: Dataset, refreshers: Sequence[Refresher] = (),
+                 hparam_grid: Sequence[Mapping[str, float]] | None = None,
+                 initial_params: Any = None) -> bool:
+  """Whether ``workdir`` holds this very run (the arguments `train` would get), finished.
+
+  False for a workdir without a finished run (summary.json at ``config.steps``). For one that holds
+  a run, the config and the fingerprint (objective, model, optimizer state, refreshers, dataset,
+  warm start) must be this run's, as when resuming: ConfigError or `RunMismatchError` otherwise,
+  so a study reading finished runs back never reads another run's results as this one's. Traces
+  the initialisation; compiles nothing.
+  """
+  summary_path = os.path.join(workdir, "summary.json")
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(summary_path):
+    return False
+  with open(summary_path) as handle:
+    finished_step = json.load(handle).get("step")
+  if os.path.exists(config_path):
+    with open(config_path) as handle:
+      saved = json.load(handle)
+    check_resumed_config(config, saved, hparam_grid)
+    if FINGERPRINT_KEY in saved:
+      runs = run_table(config, hparam_grid)
+      warm_start = (None if initial_params is None else check_initial_params(
+          initial_params, jax.eval_shape(model.init, jax.random.PRNGKey(0)), len(runs)))
+      init_one = functools.partial(init_state, model=model, objective=objective,
+                                   optimizer=optimizer, refreshers=refreshers)
+      _, fingerprint = _abstract_state(init_one, runs, warm_start, model=model,
+                                       objective=objective, refreshers=refreshers, dataset=dataset)
+      check_fingerprint(fingerprint, saved[FINGERPRINT_KEY], workdir=workdir)
+  return finished_step == config.steps
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, objective: Objective,
           optimizer: optax.GradientTransformationExtraArgs, dataset: Dataset,
           refreshers: Sequence[Refresher] = (), optimizer_extra_args: ExtraArgsFn | None = None,
@@ -511,20 +566,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
             for index, run in enumerate(runs)]
 
   mesh = _sharding.make_mesh(shape)
-  # Runs differ in values, not shapes: one run's initialisation is traced, its shapes stacked.
-  first_run = jax.eval_shape(lambda: init_one(
-      jax.random.PRNGKey(runs[0]["seed"]),
-      hparams={name: value for name, value in runs[0].items() if name != "seed"},
-      initial_params=None if warm_start is None else warm_start.for_run(0)))
-  abstract = jax.tree_util.tree_map(
-      lambda leaf: jax.ShapeDtypeStruct((num_runs,) + leaf.shape, leaf.dtype),
-      first_run).replace(step=first_run.step)
+  abstract, fingerprint = _abstract_state(init_one, runs, warm_start, model=model,
+                                          objective=objective, refreshers=refreshers,
+                                          dataset=dataset)
   shardings = _sharding.state_shardings(abstract, mesh, param_rules)
-  one_run = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
-                                   abstract.replace(step=None))
-  fingerprint = run_fingerprint(model=model, objective=objective, params=one_run.params,
-                                opt_state=one_run.opt_state, refreshers=refreshers, dataset=dataset,
-                                warm_start=None if warm_start is None else warm_start.identity)
   checkpoints, start_step = _open_checkpoints(config, workdir, hparam_grid, fingerprint,
                                               is_main=is_main)
   runner = compile_chunk(model=model, objective=objective, optimizer=optimizer, dataset=dataset,
