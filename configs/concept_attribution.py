@@ -12,10 +12,12 @@ style).
       --workdir=workdirs/concept_attribution_gpu
 
 Presets: "" (every arm, 5 seeds, a 2-layer GPT of width 32 and a 128-feature SAE; at most 15
-minutes on a 2-core CPU), "smoke" (every arm, 2 seeds, a few steps: seconds of training, for
-tests), "planted" (the default with the style absent from the fine-tuning data: no style
-attribution above the random features' level is expected), "planted_smoke" (the same at the smoke
-preset's size, for tests), "gpu" (a wider model and SAE, more steps: sized for one GPU, not tuned).
+minutes on a 2-core CPU), "smoke" (every arm, 2 seeds, a 1-layer GPT, a few steps, no timing of
+the attribution's cost: mostly compilation, for tests), "planted" (the default with the style
+absent from the fine-tuning data: no style attribution above the random features' level is
+expected; at smoke size the test checks it on the ``oracle`` arm, which fine-tunes on the same
+examples without the style), "gpu" (a wider model and SAE, more steps: sized for one GPU, not
+tuned).
 Rerunning the same command resumes: the base model, the SAEs and finished arms are read back; a
 rerun with a different setting is refused.
 """
@@ -46,6 +48,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.decodability_steps = 200      # 0: no decodability probes
   config.code_change_examples = 32     # probe examples of the signed code-change attribution
   config.skill_threshold = 0.9         # the skill accuracy criterion 4 counts steps to
+  config.overhead_repeats = 100        # timed steps of the attribution's cost (0: not measured)
 
   config.world = ml_collections.ConfigDict(dict(
       modulus=10, num_words=24, num_pirate=12, prose_length=6, seed=0,
@@ -68,7 +71,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.live = ml_collections.ConfigDict(dict(every=10, steps=2, batch_size=16,
                                                learning_rate=1e-3))
 
-  if preset in ("smoke", "planted_smoke"):
+  if preset == "smoke":
     config.num_seeds = 2
     config.steps = 10
     config.batch_size = 8
@@ -81,7 +84,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.source_batch_size = 8
     config.code_change_examples = 8
     config.decodability_steps = 10
-    config.model.update(dict(d_model=16, num_heads=2))
+    config.overhead_repeats = 0
+    config.model.update(dict(d_model=16, num_layers=1, num_heads=2))
     config.pretrain.update(dict(steps=30, batch_size=16))
     config.sae.update(dict(d_sae=24, k=4, steps=40, batch_size=64, buffer_size=512,
                            model_batch_size=16, num_seeds=2))
@@ -98,8 +102,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.eval_size = 1024
   elif preset not in ("", "planted"):
     raise ValueError(f"configs/concept_attribution.py: unknown preset {preset!r}; expected smoke, "
-                     "planted, planted_smoke or gpu")
-  if preset in ("planted", "planted_smoke"):
+                     "planted or gpu")
+  if preset == "planted":
     config.finetune.style_rate = 0.0
   config.lock()
   return config

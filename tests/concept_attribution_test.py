@@ -1,5 +1,7 @@
 """The concept-attribution experiment end to end on the smoke preset: every arm runs, the report's
-numbers and criteria come from the run's own files, and the foundation's contract holds."""
+numbers and criteria come from the run's own files, the foundation's contract holds, and in the
+planted setting (fine-tuning without the style: the oracle arm) the style is not attributed above
+the random features' level. One run of the smoke preset serves every test (mostly compilation)."""
 
 import json
 import os
@@ -11,6 +13,7 @@ import numpy as np
 from configs import concept_attribution as experiment_config
 from landscape import concept_attribution
 from landscape.concept_attribution import _criteria
+from landscape.concept_attribution import _report
 from landscape.concept_attribution import _results
 from landscape.training import ConfigError
 from landscape.training import read_jsonl
@@ -30,6 +33,15 @@ class SmokeTest(absltest.TestCase):
     with open(os.path.join(cls.workdir, "report.md")) as handle:
       cls.report = handle.read()
 
+  def masks_from_files(self) -> dict[str, np.ndarray]:
+    """The feature groups as the run saved them in sae/features.json, as (F,) masks."""
+    with open(os.path.join(self.workdir, "sae", "features.json")) as handle:
+      groups = json.load(handle)["groups"]
+    masks = {name: np.isin(np.arange(self.config.sae.d_sae), groups[name])
+             for name in ("style", "skill", "random")}
+    masks["other"] = ~(masks["style"] | masks["skill"])
+    return masks
+
   def test_every_arm_ran_and_is_reported(self):
     for arm in concept_attribution.ARMS:
       with open(os.path.join(self.workdir, "arms", arm, "summary.json")) as handle:
@@ -40,6 +52,7 @@ class SmokeTest(absltest.TestCase):
       self.assertLen(summary["style/rate"], self.config.num_seeds * len(grid), arm)
       self.assertLen(summary["features/mean_code"][0], self.config.sae.d_sae, arm)
       self.assertIn(f"| {arm}", self.report)
+      self.assertIn(f"- `{arm}` ({concept_attribution.ARM_REGISTRY[arm].family}): ", self.report)
       rows = read_jsonl(os.path.join(self.workdir, "arms", arm, "metrics.jsonl"))
       logged = [row for row in rows if f"transform0/{SITE}/magnitude" in row]
       self.assertLen(logged, self.config.steps * factor // self.config.attribution_log_every)
@@ -49,13 +62,7 @@ class SmokeTest(absltest.TestCase):
 
   def test_criteria_sentences_come_from_the_runs_own_files(self):
     results = _results.load_results(self.workdir, concept_attribution.ARMS, SITE)
-    with open(os.path.join(self.workdir, "sae", "features.json")) as handle:
-      groups = json.load(handle)["groups"]
-    d_sae = self.config.sae.d_sae
-    masks = {}
-    for name in ("style", "skill", "random"):
-      masks[name] = np.isin(np.arange(d_sae), groups[name])
-    masks["other"] = ~(masks["style"] | masks["skill"])
+    masks = self.masks_from_files()
     verdicts = _criteria.evaluate_all(
         _criteria.Evidence(results, masks, self.config.skill_threshold))
     self.assertLen(verdicts, 5)
@@ -71,7 +78,12 @@ class SmokeTest(absltest.TestCase):
                   self.report)
 
   def test_rerun_reads_back_and_a_different_setting_is_refused(self):
+    written = {arm: os.stat(os.path.join(self.workdir, "arms", arm, "metrics.jsonl")).st_mtime_ns
+               for arm in concept_attribution.ARMS}
     again = concept_attribution.run(self.config, self.workdir, command="smoke test")
+    for arm, mtime in written.items():  # read back, not trained again
+      self.assertEqual(
+          os.stat(os.path.join(self.workdir, "arms", arm, "metrics.jsonl")).st_mtime_ns, mtime, arm)
     self.assertEqual(again["criteria"], self.summary["criteria"])
     self.assertEqual(again["arms"], self.summary["arms"])
     changed = experiment_config.get_config("smoke")
@@ -79,6 +91,10 @@ class SmokeTest(absltest.TestCase):
     changed.grids.amplify = (2.0,)
     changed.arms = "amplify"
     with self.assertRaisesRegex(ConfigError, "grids"):
+      concept_attribution.run(changed, self.workdir)
+    changed.grids.amplify = self.config.grids.amplify
+    changed.sae.k = self.config.sae.k + 1
+    with self.assertRaisesRegex(ConfigError, "sae"):
       concept_attribution.run(changed, self.workdir)
 
   def test_bad_config_is_refused_before_training(self):
@@ -93,26 +109,20 @@ class SmokeTest(absltest.TestCase):
     with self.assertRaisesRegex(ConfigError, "config.roles"):
       concept_attribution.run(config, tempfile.mkdtemp())
 
-
-class PlantedTest(absltest.TestCase):
-  """The style absent from the fine-tuning data: no style attribution above the random level."""
-
-  def test_no_style_attribution_above_random_features(self):
-    config = experiment_config.get_config("planted_smoke")
-    config.unlock()
-    config.arms = "plain"
-    config.num_seeds = 4
-    workdir = tempfile.mkdtemp()
-    summary = concept_attribution.run(config, workdir)
-    checks = summary["checks"]
+  def test_planted_no_style_attribution_above_random_features(self):
+    # The planted setting: `oracle` fine-tunes the same base model on the same examples without
+    # the style (the "planted" preset's fine-tuning data), attributed along the same SAE features.
+    results = _results.load_results(self.workdir, concept_attribution.ARMS, SITE)
+    masks = self.masks_from_files()
+    planted = _report.attribution_checks(results, masks, arm="oracle")
+    styled = _report.attribution_checks(results, masks, arm="plain")
     # Decoder-row shares: the style group's is not above the random group's (paired interval).
-    self.assertLessEqual(checks["style_over_random"]["low"], 0.0)
-    # Signed code change: the style features (active on pirate text only) hardly move; with the
-    # style present they rise by ~0.03 per feature in this preset, above the random features.
-    by_group = checks["code_change_by_group"]
-    self.assertLess(by_group["style"]["mean"], by_group["random"]["mean"] + 0.005)
-    self.assertEqual([verdict["verdict"] for verdict in summary["criteria"]][1:],
-                     [_criteria.NOT_RUN] * 4)
+    self.assertLessEqual(planted.style_over_random.low, 0.0)
+    # Signed code change: the style features (active on pirate text only) hardly move without
+    # the style, and move more with it: the statistic can tell the two settings apart.
+    by_group = planted.code_change_by_group
+    self.assertLess(by_group["style"].mean, by_group["random"].mean + 0.005)
+    self.assertGreater(styled.code_change_by_group["style"].mean, by_group["style"].mean)
 
 
 if __name__ == "__main__":

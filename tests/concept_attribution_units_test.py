@@ -7,6 +7,7 @@ from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from configs import concept_attribution as experiment_config
 from landscape import analysis
@@ -98,6 +99,68 @@ class AttributionTest(absltest.TestCase):
       expected, _ = fixed.update(update, fixed.init(params))
       jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), out,
                              expected)
+
+  def test_scale_along_by_at_gains_one_and_zero(self):
+    setting, params = _small_setting()
+    chosen = np.array([1, 4, 7])
+    directions = sae_lib.feature_directions(setting.sae, setting.model.site_links, site=SITE,
+                                            features=chosen, roles=("writes",))
+    rng = np.random.default_rng(3)
+    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
+                                                             jnp.float32), params)
+    by_arg = scale_along_by(directions, "gain")
+    apply = jax.jit(by_arg.update)
+    bits = lambda tree: [np.asarray(leaf).view(np.uint32)
+                         for leaf in jax.tree_util.tree_leaves(tree)]
+    # Gain 1: the update itself, bit for bit (no signed zeros in it; -0.0 would come back +0.0).
+    kept, _ = apply(update, by_arg.init(params), None, gain=jnp.ones((), jnp.float32))
+    for out, given in zip(bits(kept), bits(update)):
+      np.testing.assert_array_equal(out, given)
+    # Gain 0: project_out's result bit for bit, and u (I - P) of the float64 span projector P.
+    removed, _ = apply(update, by_arg.init(params), None, gain=jnp.zeros((), jnp.float32))
+    project_out = transforms.project_out(directions)
+    expected, _ = project_out.update(update, project_out.init(params))
+    for out, given in zip(bits(removed), bits(expected)):
+      np.testing.assert_array_equal(out, given)
+    rows = np.asarray(setting.sae.W_dec, np.float64)[chosen]
+    basis = np.linalg.qr(rows.T)[0].T                       # (3, D) orthonormal, float64
+    u = _writer_vectors(update)
+    reference = u - (u @ basis.T) @ basis
+    # ~80 vectors of width 16 in float32 HIGHEST: the residual along the span ~1e-7 of ||u||.
+    np.testing.assert_allclose(_writer_vectors(removed), reference, atol=1e-5)
+    self.assertLess(np.linalg.norm(_writer_vectors(removed) @ basis.T), 1e-5 * np.linalg.norm(u))
+
+  def test_gain_scales_the_groups_attribution_by_its_size(self):
+    """scale_along_by(g) before attribute: each chosen feature's magnitude becomes |g| times the
+    magnitude without gains (P d_k = d_k), so the arms attribute the update they apply."""
+    setting, params = _small_setting()
+    chosen = np.array([2, 5, 11])
+    directions = sae_lib.feature_directions(setting.sae, setting.model.site_links, site=SITE,
+                                            features=chosen, roles=("writes",))
+    rng = np.random.default_rng(4)
+    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
+                                                             jnp.float32), params)
+    attribution = transforms.attribute(_measures.attribution_directions(setting))
+    _, before = attribution.update(update, attribution.init(params))
+    before = np.asarray(before.metrics[f"{SITE}/magnitude"], np.float64)
+    norm_squared = np.sum(np.square(_writer_vectors(update)))
+    for gain in (0.0, -1.0, 3.0):
+      chain = optax.chain(scale_along_by(directions, "gain"), attribution)
+      _, state = jax.jit(chain.update)(update, chain.init(params), None,
+                                       gain=jnp.asarray(gain, jnp.float32))
+      after = np.asarray(state[1].metrics[f"{SITE}/magnitude"], np.float64)
+      # Squared magnitudes: d^T G d through the float32 Gram matrix G = U^T U (24 rows > 16
+      # dimensions) errs by ~1e-7 ||U||^2 absolute, so a magnitude near 0 reads ~3e-4 ||U||.
+      np.testing.assert_allclose(np.square(after[chosen]), gain**2 * np.square(before[chosen]),
+                                 rtol=1e-4, atol=1e-6 * (1 + gain**2) * norm_squared)
+
+  def test_scale_along_by_names_a_missing_gain(self):
+    setting, params = _small_setting()
+    directions = sae_lib.feature_directions(setting.sae, setting.model.site_links, site=SITE,
+                                            features=np.array([0]), roles=("writes",))
+    by_arg = scale_along_by(directions, "style_gain")
+    with self.assertRaisesRegex(transforms.DirectionsError, "'style_gain'.*'skill_gain'"):
+      by_arg.update(params, by_arg.init(params), None, skill_gain=1.0)
 
   def test_rank_correlation(self):
     self.assertAlmostEqual(_measures.rank_correlation([1, 2, 3, 4], [10, 20, 25, 40]), 1.0)

@@ -5,7 +5,7 @@ A base GPT is pre-trained on plain text (`landscape.data.PirateArithmetic`: sums
 random there, and prose); an SAE read at a middle site of its residual stream names the features
 that respond to the pirate dialect (style) and to correct sums (skill). Fine-tuning on correct sums
 written in the dialect teaches both. Every arm attributes each update to the SAE's features (the
-decoder-row decomposition of the update of the matrices writing into the site, `_measures`) and
+update of the matrices writing into the site, projected onto each decoder row: `_measures`) and
 differs in what it does with them:
 
 * baselines: ``plain``, ``oracle`` (the same examples, plain), ``plain_live`` (attributed along a

@@ -67,12 +67,22 @@ class Arm:
 def scale_along_by(directions: transforms.Directions, gain_arg: str
                    ) -> optax.GradientTransformationExtraArgs:
   """`transforms.scale_along` whose (scalar) gain arrives each step as the extra arg ``gain_arg``
-  (a run's hyper-parameter, so runs with different gains share one program)."""
+  (a run's hyper-parameter, so runs with different gains share one program).
+
+  The same arithmetic as ``scale_along(directions, gain)``: at gain 1 each value comes back
+  unchanged (u + 0; a -0.0 entry comes back +0.0), at gain 0 the result is `project_out`'s. Each
+  selected feature's decoder row d_k lies in the span, so its projection U d_k is multiplied by
+  exactly the gain: the attribution after it sees the group scaled by |gain|.
+
+  Raises:
+    DirectionsError: at update, when ``gain_arg`` is not among the extra args.
+  """
   fixed = transforms.scale_along(directions, 1.0)
 
   def update_fn(updates, state, params=None, **extra_args):
     if gain_arg not in extra_args:
-      raise ConfigError(f"scale_along_by: no extra arg {gain_arg!r}; got {sorted(extra_args)}")
+      raise transforms.DirectionsError(f"scale_along_by: extra arg {gain_arg!r} (the gain) not "
+                                       f"given; got {sorted(extra_args)}")
     return transforms.scale_along(directions, extra_args[gain_arg]).update(
         updates, state, params, **extra_args)
 

@@ -1,17 +1,29 @@
 """What is measured of every arm: the attribution of updates to SAE features, per group and per data
 source, the style rate, the SAE features' activation, and the style's decodability at every site.
 
-Attribution (a choice the issue leaves open). An update is attributed by the decoder-row
-decomposition of the update of the matrices that write into the site (`transforms.attribute` over
+Attribution (a choice the issue leaves open). An update is attributed by projecting the update
+of the matrices that write into the site onto each SAE decoder row (`transforms.attribute` over
 the SAE's decoder as a dictionary, ``roles=("writes",)``): for every feature k with decoder row
 d_k, ``magnitude_k = ||U d_k||`` over every linked slice U of the update (the change of what the
 writers put along d_k, whatever the input), and ``share_k = ||U d_k||^2 / (||U||^2 ||d_k||^2)``.
-It is chosen over the first-order change of the site's activation (a Jacobian-vector product on a
-probe batch) because it needs no probe batch and no extra forward pass (the step's cost stays that
-of a Gram matrix, O(M D^2 + F D^2)), it is exactly the component that `scale_along` at the same
-links rescales (so "suppress" removes precisely what is attributed), and it is what the library's
-transform computes. It is unsigned: whether a feature named by it actually strengthens is checked
-against the feature's activation over fine-tuning (`rank_correlation`).
+Each feature is measured on its own row: this is neither a decomposition of the update into a sum
+over features nor the SAE's encoder.
+
+* Not least squares: with F > D rows (overcomplete, not orthogonal) the coefficients c with
+  U = sum_k c_k d_k are not unique, and the minimum-norm choice spreads an update along one row over
+  every row correlated with it, so a feature's number would depend on the whole dictionary.
+* Not the encoder: the encoder reads activations through TopK, a nonlinearity whose linearisation
+  depends on the input; its first-order code change on a probe batch is the second, signed
+  attribution here (`code_change_attribution`, a JVP), logged beside this one.
+
+The row projection is chosen as the main attribution because it needs no probe batch and no extra
+forward pass (a Gram matrix per step, O(M D^2 + F D^2)), and because it is what the gains act on:
+`scale_along` with gain g on the span of a group's rows multiplies each of the group's U d_k by
+exactly g (d_k lies in the span), so "suppress" (g = 0) zeroes precisely the group's attributed
+magnitudes; other features' projections change too where their rows overlap the span. It is
+unsigned: whether a feature named by it actually strengthens is checked against the feature's
+activation over fine-tuning (`rank_correlation`). The TopK SAEs here keep unit-norm decoder rows,
+so ranking by magnitude and by share agree.
 
 Group shares. A group's share is the sum of its features' shares. The shares of all F features
 sum to ``sum_k ||U d^_k||^2 / ||U||^2``, which is 1 for an orthonormal dictionary and can exceed 1
@@ -22,6 +34,7 @@ that total, not to 1; ``transform/{site}/total_share`` is the share in the span 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -39,6 +52,7 @@ from landscape.concept_attribution._setting import GROUPS
 from landscape.concept_attribution._setting import Setting
 from landscape.concept_attribution._setting import site_codes
 from landscape.data import _pirate_arithmetic as pirate
+from landscape.sites import BadInputError
 
 LIVE_SAE = "sae"        # the live SAE refresher's name
 LIVE_SPAN = "span"      # its span refresher's name, and the extra arg of the span basis
@@ -90,7 +104,8 @@ def code_change_attribution(setting: Setting, probe_inputs: Any
   def update_fn(updates, state, params=None, **extra_args):
     del state, extra_args
     if params is None:
-      raise ValueError("code_change_attribution needs params (the point the update starts from)")
+      raise BadInputError("code_change_attribution: params=None; give the params the update "
+                          "starts from (optax's update(updates, state, params))")
     tangent = jax.tree_util.tree_map(lambda u, p: u.astype(p.dtype), updates, params)
     activation, change = jax.jvp(site_activation, (params,), (tangent,))
     active = (sae.encode(activation) > 0).astype(jnp.float32)
@@ -275,7 +290,6 @@ def attribution_overhead(setting: Setting, config: ml_collections.ConfigDict, *,
   the decoder-row attribution over every feature, and with both attributions; and the ratios. The
   median of ``repeats`` timed steps of each after one compiled warm-up step, the three timed in
   turn (so a change of the machine's load touches all three alike), each step blocked on."""
-  import time  # pylint: disable=g-import-not-at-top
   model = setting.model
   batch = setting.finetune.sample(setting.finetune.arrays, jax.random.PRNGKey(0),
                                   jnp.zeros((), jnp.int32), config.batch_size)

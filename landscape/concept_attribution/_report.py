@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from landscape import analysis
 from landscape import training
+from landscape.concept_attribution._arms import ARM_REGISTRY
 from landscape.concept_attribution._criteria import PREREGISTERED
 from landscape.concept_attribution._criteria import Evidence
 from landscape.concept_attribution._criteria import Verdict
@@ -79,8 +80,11 @@ def mean_group_share(result: ArmResult, masks: dict[str, np.ndarray]) -> dict[st
   return {group: values.mean(axis=0) for group, values in group_shares(share, masks).items()}
 
 
-def attribution_checks(results: Sequence[ArmResult], masks: dict[str, np.ndarray]) -> Checks:
-  plain = find(results, "plain")
+def attribution_checks(results: Sequence[ArmResult], masks: dict[str, np.ndarray], *,
+                       arm: str = "plain") -> Checks:
+  """The checks of ``arm``'s attribution (plain fine-tuning in the report; ``oracle``, fine-tuned
+  without the style, is the planted setting in which the style should not stand out)."""
+  plain = find(results, arm)
   live = find(results, "plain_live")
   live_share = (None if live is None else
                 analysis.mean_interval(mean_group_share(live, masks)["style"]))
@@ -137,6 +141,13 @@ def results_table(results: Sequence[ArmResult], masks: dict[str, np.ndarray],
         f"{_cell(analysis.mean_interval(shares['style']))} | "
         f"{_cell(analysis.mean_interval(shares['skill']))} | {_cell(steps, '.0f')} |")
   return "\n".join(lines)
+
+
+def arm_lines(results: Sequence[ArmResult]) -> list[str]:
+  """One line per arm run: its name, family and what it does (`Arm.description`)."""
+  arms = dict.fromkeys(result.arm for result in results)
+  return [f"- `{arm}` ({ARM_REGISTRY[arm].family}): {ARM_REGISTRY[arm].description}."
+          for arm in arms]
 
 
 def decodability_table(results: Sequence[ArmResult]) -> str:
@@ -305,8 +316,8 @@ def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict], checks: 
            f"t-intervals over seeds. Wall time of this invocation {seconds:.0f} s on {device} "
            "(parts finished by an earlier invocation are read back, not retrained).", "",
            *_setting_lines(setting, config), "",
-           "Attribution: the decoder-row decomposition of the update of the matrices writing into "
-           "the site (`transforms.attribute`), logged every "
+           "Attribution: the projection onto each SAE decoder row of the update of the matrices "
+           "writing into the site (`transforms.attribute`), logged every "
            f"{config.attribution_log_every} steps; a group's share is the sum of its features' "
            "shares ||U d_k||^2 / (||U||^2 ||d_k||^2) (the shares of all features need not sum to "
            "1: the decoder is overcomplete). Style rate: the fraction of held-out arithmetic "
@@ -316,7 +327,8 @@ def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict], checks: 
                f"{criterion.name.split('.')[0]}. {criterion.describe()}"
                for criterion in PREREGISTERED)
            + f". Skill threshold: accuracy {config.skill_threshold:g}.", "",
-           results_table(results, masks, config.skill_threshold), "", "Criteria:", ""]
+           results_table(results, masks, config.skill_threshold), "",
+           *arm_lines(results), "", "Criteria:", ""]
   lines += [f"- {verdict.sentence}" for verdict in verdicts]
   lines += ["", *_checks_lines(checks), "", *_block_lines(results), "",
             "## Decodability of the style after fine-tuning", "",
@@ -331,9 +343,9 @@ def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict], checks: 
               f"{setting.sae.d_sae} features took {overhead['ratio']:.3f}x a step without it "
               f"({overhead['with_ms']:.2f} ms vs {overhead['without_ms']:.2f} ms); with the signed "
               f"code-change attribution too, {overhead['ratio_both']:.3f}x "
-              f"({overhead['with_both_ms']:.2f} ms); median of 100 steps each, timed in turn, on "
-              f"{device}, measured "
-              "after the arms (other processes on the machine count).", ""]
+              f"({overhead['with_both_ms']:.2f} ms); median of {config.overhead_repeats} steps "
+              f"each, timed in turn, on {device}, measured after the arms (other processes on "
+              "the machine count).", ""]
   return "\n".join(lines) + "\n"
 
 

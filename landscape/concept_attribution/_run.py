@@ -55,13 +55,24 @@ def loop_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.C
   return loop
 
 
-def finished_before(workdir: str, loop: ml_collections.ConfigDict,
-                    hparam_grid: list[dict[str, float]] | None) -> bool:
-  """Whether ``workdir`` holds this run, finished; ConfigError if it holds a different one."""
+def _hparam_grid(config: ml_collections.ConfigDict, arm: str) -> list[dict[str, float]] | None:
+  grid = ARM_REGISTRY[arm].grid(config)
+  return grid if grid != [{}] else None
+
+
+def check_earlier_run(workdir: str, loop: ml_collections.ConfigDict,
+                      hparam_grid: list[dict[str, float]] | None) -> None:
+  """ConfigError if ``workdir`` holds a run of a different setting; nothing if it holds none."""
   config_path = os.path.join(workdir, "config.json")
   if os.path.exists(config_path):
     with open(config_path) as handle:
       training.check_resumed_config(loop, json.load(handle), hparam_grid)
+
+
+def finished_before(workdir: str, loop: ml_collections.ConfigDict,
+                    hparam_grid: list[dict[str, float]] | None) -> bool:
+  """Whether ``workdir`` holds this run, finished; ConfigError if it holds a different one."""
+  check_earlier_run(workdir, loop, hparam_grid)
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
     return False
@@ -74,9 +85,7 @@ def run_arm(arm: str, setting: Setting, config: ml_collections.ConfigDict, workd
   """Trains one arm (all its grid points and seeds in one program) unless it already finished."""
   arm_dir = os.path.join(workdir, "arms", arm)
   loop = loop_config(config, arm)
-  grid = ARM_REGISTRY[arm].grid(config)
-  hparam_grid = grid if grid != [{}] else None
-  if finished_before(arm_dir, loop, hparam_grid):
+  if finished_before(arm_dir, loop, _hparam_grid(config, arm)):
     logging.info("%s: finished before, reading its results", arm)
     return
   plan = plan_arm(arm, setting, config)
@@ -86,7 +95,8 @@ def run_arm(arm: str, setting: Setting, config: ml_collections.ConfigDict, workd
                  optimizer_extra_args=plan.optimizer_extra_args,
                  eval_metrics=objectives.CLASSIFICATION_METRICS,
                  evaluators=evaluators.for_arm(setting, live=plan.live, final_step=loop.steps),
-                 hparam_grid=hparam_grid, initial_params=setting.base_params, progress=False)
+                 hparam_grid=_hparam_grid(config, arm), initial_params=setting.base_params,
+                 progress=False)
   logging.info("%s: %.1f s", arm, time.perf_counter() - start)
 
 
@@ -102,6 +112,9 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   training.check_positive(config, ["steps", "batch_size", "evaluations", "attribution_log_every",
                                    "group_size", "long_factor", "probe_size", "eval_size",
                                    "source_batch_size", "learning_rate", "code_change_examples"])
+  if config.overhead_repeats < 0:
+    raise ConfigError(f"config.overhead_repeats={config.overhead_repeats}: expected 0 (not "
+                      "measured) or more")
   if config.code_change_examples > config.probe_size:
     raise ConfigError(f"config.code_change_examples={config.code_change_examples} must be at most "
                       f"config.probe_size={config.probe_size}")
@@ -131,8 +144,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   """
   arms = validate(config)
   for arm in arms:
-    grid = ARM_REGISTRY[arm].grid(config)
-    training.validate_loop_config(loop_config(config, arm), num_runs=config.num_seeds * len(grid))
+    loop = loop_config(config, arm)
+    num_runs = config.num_seeds * len(ARM_REGISTRY[arm].grid(config))
+    training.validate_loop_config(loop, num_runs=num_runs)
+    # Refused before the setting is built: a different setting in an arm's directory.
+    check_earlier_run(os.path.join(workdir, "arms", arm), loop, _hparam_grid(config, arm))
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
   setting = build_setting(config, workdir)
@@ -140,6 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   for arm in arms:
     run_arm(arm, setting, config, workdir, evaluators)
   seconds = time.perf_counter() - start
-  overhead = measures.attribution_overhead(setting, config)
+  overhead = (measures.attribution_overhead(setting, config, repeats=config.overhead_repeats)
+              if config.overhead_repeats else None)
   return report.write(config, workdir, setting=setting, arms=arms, seconds=seconds,
                       command=command, overhead=overhead)

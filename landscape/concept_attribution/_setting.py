@@ -168,8 +168,6 @@ def site_codes(sae: Any, model: models.Model, params: Any, inputs: jax.Array, si
   return jnp.mean(sae.encode(acts[site].astype(jnp.float32)), axis=1)
 
 
-
-
 def label_features(sae: Any, model: models.Model, params: Any,
                    probes: Mapping[str, Mapping[str, np.ndarray]], *, site: str, group_size: int,
                    seed: int) -> FeatureGroups:

@@ -162,6 +162,11 @@ def attribute(directions: Any, *, rows_arg: str | None = None
     directions' ``extra_arg``); for orthonormal directions, the sum of ``share``.
   * ``f"{target}/norm"`` (): the norm of the linked slices.
 
+  Precision of a dictionary's Gram route (N > D): ||U d_k||^2 = d_k^T (U^T U) d_k errs by about
+  eps ||U||^2 ||d_k||^2 in absolute terms, so ``share`` is accurate to ~eps but a magnitude near 0
+  reads ~sqrt(eps) ||U|| ||d_k|| (about 3e-4 of the norm in float32), not 0: compare squared
+  magnitudes, or shares, against zero. The direct route (N <= D) errs by ~eps ||U|| ||d_k||.
+
   Before the first update the metrics are zeros; masked-out leaves contribute nothing. The mapping
   rule and the precision are those of `project_out`. `label_metrics` turns the vectors into
   per-label scalars for logging.
