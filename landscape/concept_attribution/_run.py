@@ -69,26 +69,19 @@ def check_earlier_run(workdir: str, loop: ml_collections.ConfigDict,
       training.check_resumed_config(loop, json.load(handle), hparam_grid)
 
 
-def finished_before(workdir: str, loop: ml_collections.ConfigDict,
-                    hparam_grid: list[dict[str, float]] | None) -> bool:
-  """Whether ``workdir`` holds this run, finished; ConfigError if it holds a different one."""
-  check_earlier_run(workdir, loop, hparam_grid)
-  path = os.path.join(workdir, "summary.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as handle:
-    return json.load(handle).get("step") == loop.steps
-
-
 def run_arm(arm: str, setting: Setting, config: ml_collections.ConfigDict, workdir: str,
             evaluators: measures.Evaluators) -> None:
   """Trains one arm (all its grid points and seeds in one program) unless it already finished."""
   arm_dir = os.path.join(workdir, "arms", arm)
   loop = loop_config(config, arm)
-  if finished_before(arm_dir, loop, _hparam_grid(config, arm)):
+  check_earlier_run(arm_dir, loop, _hparam_grid(config, arm))
+  plan = plan_arm(arm, setting, config)
+  if training.finished_run(loop, arm_dir, model=setting.model, objective=plan.objective,
+                           optimizer=plan.optimizer, dataset=plan.dataset,
+                           refreshers=plan.refreshers, hparam_grid=_hparam_grid(config, arm),
+                           initial_params=setting.base_params):
     logging.info("%s: finished before, reading its results", arm)
     return
-  plan = plan_arm(arm, setting, config)
   start = time.perf_counter()
   training.train(loop, arm_dir, model=setting.model, objective=plan.objective,
                  optimizer=plan.optimizer, dataset=plan.dataset, refreshers=plan.refreshers,
