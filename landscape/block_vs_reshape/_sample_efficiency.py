@@ -176,6 +176,17 @@ def _train_epochs(model: models.Model, objective: objectives.Objective,
   return train
 
 
+def _model_and_optimizer(config: ml_collections.ConfigDict, values: dict[str, Any]
+                         ) -> tuple[models.Model, optax.GradientTransformation]:
+  """The study's MLP (its hidden sizes, else Toy Colors') and Adam at Toy Colors' learning rate."""
+  model = models.mlp(75, _hidden_sizes(config, values), 2, init_scale=values["init_scale"] or None)
+  return model, optax.adam(config.toy_colors.learning_rate)
+
+
+def _hidden_sizes(config: ml_collections.ConfigDict, values: dict[str, Any]) -> tuple[int, ...]:
+  return tuple(values["hidden_sizes"]) or tuple(config.toy_colors.hidden_sizes)
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochCell:
   """One condition at one training-set size under the reference schedule, every seed vmapped: a
@@ -195,7 +206,7 @@ def _epochs_identity(config: ml_collections.ConfigDict, values: dict[str, Any],
   return json.loads(json.dumps(dict(
       settings=values, seeds=[config.seed + index for index in range(config.num_seeds)],
       explanation_weight=weight, learning_rate=config.toy_colors.learning_rate,
-      hidden_sizes=list(values["hidden_sizes"] or config.toy_colors.hidden_sizes),
+      hidden_sizes=list(_hidden_sizes(config, values)),
       num_eval=values["num_eval"] or config.toy_colors.num_eval)))
 
 
@@ -236,9 +247,7 @@ def train_epoch_cell(config: ml_collections.ConfigDict, workdir: str, sizes: tup
   """Trains one cell (every seed in one program) and writes its accuracies (atomically)."""
   values = settings_of(config)
   weight = config.sample_efficiency.explanation_weight
-  hidden_sizes = tuple(values["hidden_sizes"]) or tuple(config.toy_colors.hidden_sizes)
-  model = models.mlp(75, hidden_sizes, 2, init_scale=values["init_scale"] or None)
-  optimizer = optax.adam(config.toy_colors.learning_rate)
+  model, optimizer = _model_and_optimizer(config, values)
   seeds = [config.seed + index for index in range(config.num_seeds)]
   datasets = [_seed_dataset(seed, values["num_train"] or int(max(sizes)),
                             values["num_eval"] or config.toy_colors.num_eval, values["generator"],
@@ -278,8 +287,9 @@ def _run_epochs(config, values, sizes, weight, workdir):
   size_list = tuple(int(size) for size in sizes)
   cells = [EpochCell(condition, size) for condition in CONDITIONS for size in size_list]
   identity = _epochs_identity(config, values, weight)
+  finished = {cell: _read_cell(workdir, cell, identity) for cell in cells}
   # Smaller sizes take more, smaller steps (the same example budget): the longest first.
-  todo = sorted((cell for cell in cells if _read_cell(workdir, cell, identity) is None),
+  todo = sorted((cell for cell, accuracy in finished.items() if accuracy is None),
                 key=lambda cell: cell.size)
   try:
     training.run_jobs(functools.partial(train_epoch_cell, config, workdir, size_list), todo,
@@ -288,7 +298,8 @@ def _run_epochs(config, values, sizes, weight, workdir):
     _DATASETS_HERE.clear()
   per_seed = {condition: {"id": [], "ood": []} for condition in CONDITIONS}
   for cell in cells:
-    for split, accuracy in _read_cell(workdir, cell, identity).items():
+    accuracy_by_split = finished[cell] or _read_cell(workdir, cell, identity)
+    for split, accuracy in accuracy_by_split.items():
       per_seed[cell.condition][split].append(np.asarray(accuracy, np.float64))
   # (sizes, seeds) per condition and split
   return {condition: {split: np.stack(rows) for split, rows in by_split.items()}
@@ -349,13 +360,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   settings = config.sample_efficiency
   values = settings_of(config)
   sizes = np.asarray(sorted(settings.sizes), np.float64)
-  hidden_sizes = tuple(values["hidden_sizes"]) or tuple(config.toy_colors.hidden_sizes)
-  model = models.mlp(75, hidden_sizes, 2, init_scale=values["init_scale"] or None)
-  optimizer = optax.adam(config.toy_colors.learning_rate)
   weight = settings.explanation_weight
   if values["schedule"] == "epochs":
     accuracy = _run_epochs(config, values, sizes, weight, workdir)
   else:
+    model, optimizer = _model_and_optimizer(config, values)
     accuracy = _run_steps(config, values, sizes, model, optimizer, weight, workdir)
   curves = {condition: {split: [analysis.mean_interval(row) for row in accuracy[condition][split]]
                         for split in ("id", "ood")} for condition in CONDITIONS}

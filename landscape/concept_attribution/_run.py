@@ -74,7 +74,6 @@ def run_arm(arm: str, setting: Setting, config: ml_collections.ConfigDict, workd
   """Trains one arm (all its grid points and seeds in one program) unless it already finished."""
   arm_dir = os.path.join(workdir, "arms", arm)
   loop = loop_config(config, arm)
-  check_earlier_run(arm_dir, loop, _hparam_grid(config, arm))
   plan = plan_arm(arm, setting, config)
   if training.finished_run(loop, arm_dir, model=setting.model, objective=plan.objective,
                            optimizer=plan.optimizer, dataset=plan.dataset,
