@@ -57,6 +57,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.checkpoint_every = 750
   config.evaluations = 5            # evaluations of every run (and at step 0), equally spaced
+  # Before the last evaluation, the OOD test set alone (the figure over training), and decodability
+  # at the model's first site alone; the last evaluates every set, and decodability at every site.
+  config.interim_eval_sets = "ood"
   config.tensorboard = False
   for derived in ("eval_every", "log_every", "steps_per_call"):  # set from `evaluations` per task
     del config[derived]

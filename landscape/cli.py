@@ -26,6 +26,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from landscape import training
 from landscape.sites import BadInputError
 from landscape.training import NonFiniteLossError
 from landscape.training import Preempted
@@ -138,6 +139,7 @@ def run(run_fn: Callable[..., object], argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   quiet_library_logs()
+  training.keep_freed_memory()
   cache = use_compilation_cache()
   logging.info("compilation cache: %s", cache or "off")
   config, workdir = _CONFIG.value, os.path.expanduser(_WORKDIR.value)

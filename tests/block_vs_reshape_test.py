@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
@@ -17,6 +18,7 @@ from configs import block_vs_reshape as flagship_config
 from landscape import analysis
 from landscape import block_vs_reshape
 from landscape import objectives
+from landscape import training
 from landscape.block_vs_reshape import _arms
 from landscape.block_vs_reshape import _criteria
 from landscape.block_vs_reshape import _report
@@ -213,6 +215,31 @@ class PiecesTest(parameterized.TestCase):
       self.assertEqual([refresher.every for refresher in plan.refreshers], [expected, expected])
     with self.assertRaisesRegex(ConfigError, r"unknown arm 'ablate'"):
       block_vs_reshape.plan_arm("ablate", task, config)
+
+  def test_plain_and_the_oracle_train_in_one_program(self):
+    """On an image task plain and the oracle lower to one program (only their data differ), which
+    JAX's compilation cache compiles once."""
+    config = flagship_config.get_config("smoke")
+    task = _tasks.build_task("decoy_digits", config)
+    mesh = training.make_mesh({"seed": 1, "data": 1, "model": 1})
+
+    def lowered(arm):
+      plan = block_vs_reshape.plan_arm(arm, task, config)
+      state = jax.eval_shape(lambda: training.stack_runs([
+          training.init_state(jax.random.PRNGKey(seed), model=task.model,
+                              objective=plan.objective, optimizer=plan.optimizer,
+                              refreshers=plan.refreshers, hparams=point)
+          for point in plan.grid for seed in range(config.num_seeds)]))
+      runner = training.compile_chunk(
+          model=task.model, objective=plan.objective, optimizer=plan.optimizer,
+          dataset=plan.dataset, batch_size=task.batch_size, mesh=mesh,
+          shardings=training.state_shardings(state, mesh), refreshers=plan.refreshers,
+          optimizer_extra_args=plan.optimizer_extra_args)
+      return runner.lower(state, 5).as_text()
+
+    plain = lowered("plain")
+    self.assertEqual(lowered("oracle"), plain)
+    self.assertNotEqual(lowered("grad_mask"), plain)  # its mask is a constant of its program
 
   def test_checkpoints_fall_on_evaluations_so_every_call_has_one_length(self):
     config = flagship_config.get_config()

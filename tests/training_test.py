@@ -1,6 +1,7 @@
 """The training loop: sharding, pmap, seeds in one program, guards, and errors before compilation."""
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from flax import nnx
 import landscape
 import rounding
 from landscape import data
+from landscape import directions
 from landscape import objectives
 from landscape import training
 from landscape.models import from_nnx
@@ -171,6 +173,99 @@ class GridAndEvaluatorsTest(absltest.TestCase):
     self.assertEqual([row["step"] for row in rows], [0, 10, 20, 30])
     final = np.sqrt(np.sum(training.fetch(result.state.params)["hidden"]["kernel"] ** 2, axis=(1, 2)))
     np.testing.assert_allclose(rows[-1]["probe/kernel_norm"], final, rtol=1e-5)
+
+
+class CompiledInitTest(absltest.TestCase):
+
+  def test_init_in_parts_equals_init_state_in_one_program(self):
+    digit_concepts = data.array_dataset(
+        "digits_concept", {"inputs": DATASET.arrays["inputs"],
+                           "concept": DATASET.arrays["labels"] % 2}, {})
+    refreshers = (directions.refit_basis("basis", model=MODEL, site="hidden_0", data=digit_concepts,
+                                         num_classes=2, every=5, batch_size=64),
+                  directions.refit_class_means("means", model=MODEL, site="hidden_0",
+                                               data=digit_concepts, num_classes=2, every=5,
+                                               batch_size=64))
+    objective = objectives.compose(objectives.cross_entropy(), objectives.adversarial_probe(
+        "hidden_0", width=32, num_classes=2, inputs_key="inputs", concept_key="labels"))
+    parts = dict(model=MODEL, objective=objective, optimizer=optax.adam(1e-2),
+                 refreshers=refreshers)
+    in_one_program = jax.jit(functools.partial(training.init_state, **parts))
+    in_parts = training.compile_init(**parts)
+    warm = {"out": {"bias": np.linspace(-1.0, 1.0, 10, dtype=np.float32)}}
+    for seed, hparams, initial_params in ((0, None, None), (3, {"weight": 0.5, "site": 1}, warm)):
+      key = jax.random.PRNGKey(seed)
+      expected = in_one_program(key, hparams=hparams, initial_params=initial_params)
+      got = in_parts(key, hparams=hparams, initial_params=initial_params)
+      self.assertEqual(jax.tree_util.tree_structure(got), jax.tree_util.tree_structure(expected))
+      # The same operations on the same values; only how XLA groups them into programs differs,
+      # which may round the refitted directions' float32 arithmetic differently.
+      chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+      for name in ("params", "rng", "data_key", "hparams"):
+        chex.assert_trees_all_equal(getattr(got, name), getattr(expected, name))
+      self.assertEqual({name: value.dtype for name, value in got.hparams.items()},
+                       {name: value.dtype for name, value in expected.hparams.items()})
+
+
+class FixedValueTest(absltest.TestCase):
+
+  def test_a_fixed_value_is_data_of_the_step_and_resuming_with_another_is_refused(self):
+    def scaled_objective():
+      @objectives.term("scaled")
+      def scaled(inputs):
+        losses, weights = objectives.per_example_cross_entropy(inputs.outputs, inputs.batch)
+        return inputs.run.refreshed["scale"] * jnp.sum(losses * weights) / jnp.sum(weights)
+      return objectives.compose(scaled)
+
+    config = _config(steps=20, checkpoint_every=10)
+    workdir = tempfile.mkdtemp()
+    one = jnp.asarray(1.0, jnp.float32)
+    result = training.train(config, workdir, model=MODEL, objective=scaled_objective(),
+                            optimizer=optax.adam(1e-2), dataset=DATASET,
+                            refreshers=(training.FixedValue("scale", one),))
+    np.testing.assert_array_equal(training.fetch(result.state.refreshed["scale"]), [1.0])
+    plain, _ = _train(_config(steps=20, checkpoint_every=10))
+    # Times a held 1.0: the same losses as plain training, to float32 rounding.
+    np.testing.assert_allclose(result.summary["loss"], plain.summary["loss"], rtol=1e-6)
+    config.steps = 30
+    with self.assertRaisesRegex(training.RunMismatchError, r"refreshers"):
+      training.train(config, workdir, model=MODEL, objective=scaled_objective(),
+                     optimizer=optax.adam(1e-2), dataset=DATASET,
+                     refreshers=(training.FixedValue("scale", jnp.asarray(2.0, jnp.float32)),))
+
+
+class InterimEvalSetsTest(absltest.TestCase):
+
+  def test_interim_evaluations_cover_the_named_sets_and_the_last_covers_every_set(self):
+    calls = []
+
+    def record_step(params, run):
+      del params
+      calls.append(int(np.asarray(run.step)[0]))
+      return {}
+
+    every, _ = _train(_config(eval_every=10))
+    interim, workdir = _train(_config(eval_every=10, interim_eval_sets="test"),
+                              evaluators=[record_step])
+    rows = [row for row in training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+            if any(name.startswith("eval/") for name in row)]
+    self.assertEqual([(row["step"], sorted({name.split("/")[1] for name in row if "/" in name}))
+                      for row in rows],
+                     [(0, ["test"]), (10, ["test"]), (20, ["test"]), (30, ["test", "val"])])
+    self.assertEqual(calls, [0, 10, 20, 30])  # evaluators run at every evaluation
+    # The same computation: every evaluation equals the all-sets run's on the sets it covers.
+    for step, metrics in interim.evaluations.items():
+      for name, values in metrics.items():
+        np.testing.assert_array_equal(values, every.evaluations[step][name], err_msg=name)
+    self.assertEqual(set(interim.summary), set(every.summary))
+
+  def test_an_interim_set_the_dataset_lacks_is_refused_before_anything_is_written(self):
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    with self.assertRaisesRegex(training.ConfigError,
+                                r"config\.interim_eval_sets='test,tset': \['tset'\] not among the "
+                                r"eval sets of .*\['test', 'val'\]"):
+      training.train(_config(interim_eval_sets="test,tset"), workdir, **_plain_training())
+    self.assertFalse(os.path.exists(workdir))
 
 
 class HyperparameterTypesTest(parameterized.TestCase):

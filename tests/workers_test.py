@@ -64,6 +64,11 @@ def _signal_the_parent_unhandled(job: int) -> None:
   time.sleep(60)
 
 
+def _keeps_freed_memory(job: int) -> tuple[int, bool]:
+  from landscape.training import _workers  # pylint: disable=g-import-not-at-top
+  return job, _workers._keeping_freed_memory
+
+
 def _fail_on(bad: int, job: int) -> int:
   if job == bad:
     raise ConfigError(f"config.job={job}: planted failure")
@@ -89,6 +94,15 @@ class RunJobsTest(absltest.TestCase):
         jax.config.update("jax_default_matmul_precision", None)
     self.assertNotIn(os.getpid(), [pid for pid, *_ in found])
     self.assertEqual([values for _, *values in found], [["raise", "highest"]] * 2)
+
+  def test_workers_keep_freed_memory_when_this_process_does(self):
+    if not training.keep_freed_memory():
+      self.skipTest("the C library is not glibc")
+    here = training.run_jobs(_train_a_little, [0, 1], workers=1)
+    self.assertEqual(training.run_jobs(_keeps_freed_memory, [0, 1], workers=2),
+                     [(0, True), (1, True)])
+    for expected, got in zip(here, training.run_jobs(_train_a_little, [0, 1], workers=2)):
+      np.testing.assert_array_equal(got, expected)  # how memory is kept changes no value
 
   def test_a_failed_job_raises_its_error_and_the_others_still_return_nothing(self):
     with self.assertRaisesRegex(ConfigError, r"config.job=1: planted failure"):

@@ -109,7 +109,10 @@ def _plain(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
 
 
 def _oracle(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
-  return dataclasses.replace(_plain(task, config), dataset=task.oracle)
+  # With the probe fields plain's batches carry (its objective reads none of them, and they leave
+  # the training batch as it was), so the oracle trains in plain's compiled program, over other data.
+  return dataclasses.replace(_plain(task, config),
+                             dataset=data.with_probe_fields(task.oracle, task.probe))
 
 
 def _grad_mask(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
@@ -196,7 +199,8 @@ def _weight_grid(arm: str) -> Callable[[Task, ml_collections.ConfigDict], Grid]:
 
 
 _REGISTRY = (
-    # plain and oracle: one program over two datasets; grad_mask: their evaluation programs.
+    # plain and oracle: one program over two datasets (on the image tasks; the marker task's oracle
+    # generates its data otherwise); grad_mask: their evaluation programs.
     Arm("plain", "baseline", _plain, group="plain"),
     Arm("oracle", "baseline", _oracle, group="plain"),
     Arm("grad_mask", "blocking", _grad_mask, group="plain"),
@@ -245,27 +249,43 @@ def shortcut_following(logits: jax.Array, batch: Mapping[str, Any]) -> tuple[jax
 EVAL_METRICS = dict(objectives.CLASSIFICATION_METRICS, shortcut=shortcut_following)
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskDecodability:
+  """The task's decodability measurements for one way of deploying the model: at every site (the
+  last evaluation's, in the report's tables) and at the model's first site alone (the evaluations
+  before it, for the figure over training: probing one site costs a fraction of probing all)."""
+
+  every_site: Any
+  first_site: Any
+
+
 def make_task_decodability(task: Task, config: ml_collections.ConfigDict,
-                           eval_interventions: objectives.InterventionsFn | None = None):
-  """The task's decodability measurement at every site of the model, as deployed with
-  ``eval_interventions``. Arms that deploy the model alike may share one: its program is compiled
-  once, for one run, whatever the arm's number of runs."""
-  return directions.make_decodability(
-      task.model, task.dataset.eval_sets["val_ood"], field="concept", sites=task.model.site_names,
+                           eval_interventions: objectives.InterventionsFn | None = None
+                           ) -> TaskDecodability:
+  """The task's decodability measurements, as deployed with ``eval_interventions``. Arms that
+  deploy the model alike may share them: each program is compiled once, for one run, whatever the
+  arm's number of runs."""
+  measure = lambda sites: directions.make_decodability(
+      task.model, task.dataset.eval_sets["val_ood"], field="concept", sites=sites,
       position=task.position, heldout_fraction=0.5, l2=config.decodability_l2,
       steps=config.decodability_steps, interventions=eval_interventions,
       compiler_options=training.compiler_options())
+  return TaskDecodability(every_site=measure(task.model.site_names),
+                          first_site=measure(task.model.site_names[:1]))
 
 
 def decodability_evaluator(task: Task, plan: ArmPlan, config: ml_collections.ConfigDict,
-                           measure=None):
-  """The arm's decodability probes, at every site of the model, as the model is deployed (with the
-  arm's evaluation-time interventions). ``measure``: a `make_task_decodability` to reuse (it must
-  have been made with the plan's evaluation-time interventions), or None to make one."""
-  if measure is None:
-    measure = make_task_decodability(task, config, plan.eval_interventions)
+                           measures: TaskDecodability | None = None):
+  """The arm's decodability probes as the model is deployed (with the arm's evaluation-time
+  interventions): at every site of the model at the last step, at its first site before it.
+  ``measures``: a `make_task_decodability` to reuse (made with the plan's evaluation-time
+  interventions), or None to make one."""
+  if measures is None:
+    measures = make_task_decodability(task, config, plan.eval_interventions)
 
   def evaluate(params, run):
+    last = int(np.asarray(run.step).reshape(-1)[0]) == task.steps
+    measure = measures.every_site if last else measures.first_site
     result = measure(params, run if plan.eval_interventions is not None else None)
     metrics = {}
     for index, site in enumerate(result.sites):

@@ -83,13 +83,15 @@ def load_arm(workdir: str, task: str, arm: str) -> ArmResult:
   kept = members[chosen]
   final = {name: _per_run(value, len(runs))[kept] for name, value in summary.items()
            if name.startswith(("eval/", "decodability"))}
-  rows = [row for row in training.read_jsonl(os.path.join(arm_dir, "metrics.jsonl"))
-          if SELECTION_METRIC in row]
+  # Evaluations before the last step cover some eval sets and sites (config.interim_eval_sets, the
+  # first site's decodability): each metric's curve has the steps at which it was evaluated.
+  rows = training.read_jsonl(os.path.join(arm_dir, "metrics.jsonl"))
   curves = {}
-  for name in rows[0] if rows else ():
+  for name in dict.fromkeys(name for row in rows for name in row):
     if name.startswith(("eval/", "decodability")):
-      steps = np.asarray([row["step"] for row in rows])
-      values = np.stack([_per_run(row[name], len(runs))[kept] for row in rows])
+      evaluated = [row for row in rows if name in row]
+      steps = np.asarray([row["step"] for row in evaluated])
+      values = np.stack([_per_run(row[name], len(runs))[kept] for row in evaluated])
       curves[name] = (steps, values)
   return ArmResult(task=task, arm=arm, family=FAMILIES[arm], grid=grid, chosen=chosen,
                    validation=validation, seeds=[runs[index]["seed"] for index in kept],

@@ -44,9 +44,9 @@ def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: st
             deployed_measure=None, progress: bool = True) -> None:
   """Trains one arm (all its grid points and seeds in one program) unless it already finished.
 
-  ``deployed_measure``: the task's decodability measurement without evaluation-time interventions
-  (`make_task_decodability`), shared by the arms that deploy the model unchanged so its program is
-  compiled once per task; None makes the arm its own. ``progress``: the loop's progress lines.
+  ``deployed_measure``: the task's decodability measurements without evaluation-time interventions
+  (`make_task_decodability`), shared by the arms that deploy the model unchanged so their programs
+  are compiled once per task; None makes the arm its own. ``progress``: the loop's progress lines.
   """
   arm_dir = os.path.join(workdir, task.name, arm)
   plan = plan_arm(arm, task, config)

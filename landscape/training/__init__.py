@@ -48,12 +48,14 @@ from landscape.training._sharding import state_shardings
 from landscape.training._state import RESERVED_REFRESHER_NAMES
 from landscape.training._state import RESERVED_TERM_NAMES
 from landscape.training._state import STATE_AXES
+from landscape.training._state import FixedValue
 from landscape.training._state import Refresher
 from landscape.training._state import TrainState
 from landscape.training._state import check_hparam_grid
 from landscape.training._state import check_names
 from landscape.training._state import hparam_value
 from landscape.training._state import stack_runs
+from landscape.training._step import compile_init
 from landscape.training._step import init_state
 from landscape.training._step import make_eval_step
 from landscape.training._step import make_train_step
@@ -65,5 +67,6 @@ from landscape.training._warm_start import check_initial_params
 from landscape.training._warm_start import load_params
 from landscape.training._workers import MAX_DEFAULT_WORKERS
 from landscape.training._workers import default_workers
+from landscape.training._workers import keep_freed_memory
 from landscape.training._workers import resolve_workers
 from landscape.training._workers import run_jobs

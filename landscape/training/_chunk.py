@@ -58,6 +58,9 @@ class ChunkRunner(Protocol):
     checkpoint or return).
   precompile(state, num_steps): compiles the chunk of ``num_steps`` steps for a held state like
     ``state`` without running it (a benchmark's timed calls then compile nothing).
+  lower(state, num_steps): the chunk's program for a held state like ``state`` (arrays or their
+    shapes), as JAX lowers it, compiling nothing: runners whose lowered texts are equal share one
+    compiled program through JAX's compilation cache.
   """
 
   def place(self, state: TrainState) -> Any:
@@ -67,6 +70,9 @@ class ChunkRunner(Protocol):
     ...
 
   def run(self, state: Any, num_steps: int) -> tuple[Any, dict[str, jax.Array]]:
+    ...
+
+  def lower(self, state: Any, num_steps: int) -> Any:
     ...
 
   def host_view(self, state: Any) -> TrainState:
@@ -82,8 +88,11 @@ class _CompiledChunk:
   _arrays: Any
   _precompiled: dict[int, Any]
 
+  def lower(self, state: Any, num_steps: int) -> Any:
+    return self._program.lower(state, self._arrays, num_steps)
+
   def precompile(self, state: Any, num_steps: int) -> None:
-    self._precompiled[num_steps] = self._program.lower(state, self._arrays, num_steps).compile()
+    self._precompiled[num_steps] = self.lower(state, num_steps).compile()
 
   def _call(self, state: Any, num_steps: int) -> tuple[Any, dict[str, jax.Array]]:
     if num_steps in self._precompiled:

@@ -92,7 +92,9 @@ def run_fingerprint(*, model: Model, objective: Objective, params: Any, opt_stat
       "objective": {"terms": terms, "interventions": describe_callable(objective.interventions)},
       "model": {"name": model.name, "sites": list(model.site_names), "params": tree_arrays(params)},
       "optimizer_state": {"arrays": len(opt_arrays), "digest": _digest(opt_arrays)},
-      "refreshers": [{"name": getattr(r, "name", None), "kind": describe_callable(type(r))}
+      # A refresher with a `fingerprint()` (a `FixedValue`'s digest of its value) adds it.
+      "refreshers": [{"name": getattr(r, "name", None), "kind": describe_callable(type(r)),
+                      **({"fingerprint": r.fingerprint()} if hasattr(r, "fingerprint") else {})}
                      for r in refreshers],
       "dataset": {"name": dataset.name, "arrays": tree_arrays(dataset.arrays),
                   "eval_sets": {name: tree_arrays(batch) for name, batch in dataset.eval_sets.items()}},

@@ -59,6 +59,7 @@ from landscape.training._state import check_hparam_grid
 from landscape.training._state import check_names
 from landscape.training._step import ExtraArgsFn
 from landscape.training._step import MetricFn
+from landscape.training._step import compile_init
 from landscape.training._step import init_state
 from landscape.training._step import make_eval_step
 from landscape.training._step import run_view
@@ -95,8 +96,9 @@ class TrainResult:
 
 # Fields that may change between a run and its resumption: they change how, not what, it computes.
 OPERATIONAL_FIELDS = frozenset({
-    "steps", "log_every", "eval_every", "eval_batch_size", "checkpoint_every", "max_to_keep",
-    "async_checkpoints", "steps_per_call", "parallelism", "mesh", "distributed", "tensorboard"})
+    "steps", "log_every", "eval_every", "interim_eval_sets", "eval_batch_size", "checkpoint_every",
+    "max_to_keep", "async_checkpoints", "steps_per_call", "parallelism", "mesh", "distributed",
+    "tensorboard"})
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -251,7 +253,8 @@ def stacked_run_view(state: TrainState) -> RunView:
 def _evaluator(*, model: Model, dataset: Dataset, metric_fns: Mapping[str, MetricFn],
                interventions: InterventionsFn | None, eval_batch_size: int,
                device_put: Callable[[Any], Any]):
-  """Returns ``evaluate(params, run) -> {"eval/{set}/{metric}": (S,) array}`` over every eval set.
+  """Returns ``evaluate(params, run, set_names=None) -> {"eval/{set}/{metric}": (S,) array}`` over
+  the eval sets named (every set when None).
 
   ``params`` and ``run`` (a `RunView`) are run-stacked, the step shared.
   """
@@ -287,9 +290,10 @@ def _evaluator(*, model: Model, dataset: Dataset, metric_fns: Mapping[str, Metri
     valid = (np.arange(num_chunks * chunk) < size).astype(np.float32).reshape(num_chunks, chunk)
     sets[set_name] = device_put((chunks, valid))
 
-  def evaluate(params, run: RunView) -> dict[str, np.ndarray]:
+  def evaluate(params, run: RunView, set_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     results = {}
-    for set_name, (chunks, valid) in sets.items():
+    for set_name in sets if set_names is None else set_names:
+      chunks, valid = sets[set_name]
       for metric, values in _sharding.fetch(compiled(params, run, chunks, valid)).items():
         results[f"eval/{set_name}/{metric}"] = values
     return results
@@ -297,17 +301,39 @@ def _evaluator(*, model: Model, dataset: Dataset, metric_fns: Mapping[str, Metri
   return evaluate
 
 
-class _Evaluations:
-  """Evaluates a run-stacked state on every eval set and with every evaluator; keeps and logs it."""
+def interim_eval_sets(config: ml_collections.ConfigDict, dataset: Dataset) -> tuple[str, ...]:
+  """The eval sets evaluated before the last step (``config.interim_eval_sets``; "": every set).
 
-  def __init__(self, evaluate, evaluators: Sequence[Evaluator], writer: MetricsWriter):
+  Raises ConfigError, naming the field and its value, for a set the dataset lacks.
+  """
+  value = config.get("interim_eval_sets", "")  # a config made before the field existed: every set
+  names = tuple(name.strip() for name in value.split(",") if name.strip())
+  unknown = [name for name in names if name not in dataset.eval_sets]
+  if unknown:
+    raise ConfigError(f"config.interim_eval_sets={value!r}: {unknown} not among the eval sets of "
+                      f"{dataset.name} ({sorted(dataset.eval_sets)})")
+  return names or tuple(dataset.eval_sets)
+
+
+class _Evaluations:
+  """Evaluates a run-stacked state on the eval sets and with every evaluator; keeps and logs it.
+
+  The last step's evaluation covers every eval set; earlier ones, ``interim_sets``. Evaluators are
+  called at every evaluation (they find the step in the run view).
+  """
+
+  def __init__(self, evaluate, evaluators: Sequence[Evaluator], writer: MetricsWriter, *,
+               last_step: int, interim_sets: Sequence[str]):
     self._evaluate = evaluate
     self._evaluators = evaluators
     self._writer = writer
+    self._last_step = last_step
+    self._interim_sets = tuple(interim_sets)
     self.by_step: dict[int, dict[str, np.ndarray]] = {}
 
   def __call__(self, step: int, state: TrainState, *, log: bool = True) -> None:
-    results = self._evaluate(state.params, run_view(state))
+    results = self._evaluate(state.params, run_view(state),
+                             None if step == self._last_step else self._interim_sets)
     for evaluator in self._evaluators:
       results.update(_sharding.fetch(dict(evaluator(state.params, stacked_run_view(state)))))
     self.by_step[step] = results
@@ -503,7 +529,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   ``eval_interventions(run, batch)`` are the evaluation forward pass's interventions.
   ``evaluators`` are called at every evaluation with the run-stacked params and `RunView` (its
   step repeated per run, so every leaf has the run axis) and return extra metrics with a leading
-  run axis (decodability probes, say).
+  run axis (decodability probes, say). Evaluations before the last step cover the eval sets named in
+  ``config.interim_eval_sets`` (every set when empty); the last covers every set.
 
   ``initial_params`` warm-starts the runs: all or part of the model's parameter tree (nested dicts
   with the model's keys), as one set for every run, run-stacked, or a list with one set per run
@@ -526,7 +553,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   of them changed is refused (see `run_fingerprint`).
 
   Raises:
-    ConfigError: before compiling, for a field that cannot work (named with its value).
+    ConfigError: before compiling, for a field that cannot work (named with its value), such as an
+      interim eval set the dataset lacks.
     RunMismatchError: before compiling, when ``workdir`` holds a different run (config,
       objective, model, optimizer, refreshers, dataset or warm start).
     UnknownSiteError: before compiling, for a term's site the model lacks.
@@ -552,12 +580,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   warm_start = (None if initial_params is None else
                 check_initial_params(initial_params, model_params, num_runs))
   check_classification_metrics(model, model_params, dataset, eval_metrics)
+  interim_sets = interim_eval_sets(config, dataset)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
 
   init_one = functools.partial(init_state, model=model, objective=objective, optimizer=optimizer,
                                refreshers=refreshers)
-  compiled_init_one = jax.jit(init_one, compiler_options=_sharding.compiler_options())
+  compiled_init_one = compile_init(model=model, objective=objective, optimizer=optimizer,
+                                   refreshers=refreshers,
+                                   compiler_options=_sharding.compiler_options())
 
   def run_states(init: Callable[..., TrainState] = compiled_init_one) -> list[TrainState]:
     return [init(jax.random.PRNGKey(run["seed"]),
@@ -595,7 +626,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
       _evaluator(model=model, dataset=dataset, metric_fns=eval_metrics,
                  interventions=eval_interventions, eval_batch_size=config.eval_batch_size,
                  device_put=lambda tree: jax.device_put(tree, replicated)),
-      evaluators, writer)
+      evaluators, writer, last_step=config.steps, interim_sets=interim_sets)
 
   reporter = Progress(start_step, config.steps,
                       enabled=progress and (is_main or logging.level_info()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -10,6 +12,7 @@ from typing import Any, Protocol
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from landscape.objectives import Objective
 from landscape.objectives import RunView
@@ -128,6 +131,37 @@ class Refresher(Protocol):
   def update(self, value: Any, *, params: Any, step: jax.Array, key: jax.Array,
              run: RunView) -> Any:
     ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedValue:
+  """A refresher whose value never changes: arrays every run holds in ``state.refreshed[name]``.
+
+  They reach the compiled step as data, not as constants of its program, so runs (or arms) that
+  differ only in them share one compiled program: a gradient mask, the spans of feature sets, a
+  flag that switches a scheduled refit on or off. ``value`` is one run's (a pytree of arrays). The
+  run's fingerprint holds a digest of it, so resuming with another value is refused.
+  """
+
+  name: str
+  value: Any
+
+  def init(self, key: jax.Array, params: Any) -> Any:
+    del key, params
+    return self.value
+
+  def update(self, value: Any, *, params: Any, step: jax.Array, key: jax.Array,
+             run: RunView) -> Any:
+    del params, step, key, run
+    return value
+
+  def fingerprint(self) -> str:
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(self.value):
+      leaf = np.asarray(leaf)
+      digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+      digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
 
 
 # A term's metrics are "loss/{name}", "weight/{name}" and "{name}/{metric}": a term named like the

@@ -59,6 +59,44 @@ def init_state(key: jax.Array, *, model: Model, objective: Objective,
       term_states=term_states, term_opt_states=term_opt_states, refreshed=refreshed)
 
 
+def compile_init(*, model: Model, objective: Objective,
+                 optimizer: optax.GradientTransformationExtraArgs,
+                 refreshers: Sequence[Refresher] = (),
+                 compiler_options: Mapping[str, Any] | None = None) -> Callable[..., TrainState]:
+  """`init_state` with these arguments bound, compiled in parts: the key's split, the model's
+  initialisation, the terms', each refresher's and the optimizer's, each its own program.
+
+  It takes ``(key, *, hparams=None, initial_params=None)`` and computes what `init_state` computes
+  (the same operations on the same values). One program for the whole state would be compiled anew
+  for every objective, optimizer and set of refreshers; in parts, runs that share a model or a
+  refresher (an experiment's arms on one task) share its program, which JAX's compilation cache
+  finds by its text.
+  """
+  jit = lambda fn: jax.jit(fn, compiler_options=compiler_options)
+  split = jit(lambda key: tuple(jax.random.split(key, 5)))
+  init_params, init_terms, init_optimizer = jit(model.init), jit(objective.init), jit(optimizer.init)
+  init_refreshed = [jit(lambda key, params, refresher=refresher, index=index:
+                        refresher.init(jax.random.fold_in(key, index), params))
+                    for index, refresher in enumerate(refreshers)]
+
+  def init(key: jax.Array, *, hparams: Mapping[str, float] | None = None,
+           initial_params: Any = None) -> TrainState:
+    init_key, rng, data_key, terms_key, refresh_key = split(key)
+    params = init_params(init_key)
+    if initial_params is not None:
+      params = merge_params(params, initial_params)
+    term_states, term_opt_states = init_terms(terms_key, params)
+    refreshed = {refresher.name: refresher_init(refresh_key, params)
+                 for refresher, refresher_init in zip(refreshers, init_refreshed)}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=init_optimizer(params), rng=rng,
+        data_key=data_key,
+        hparams={name: hparam_value(name, value) for name, value in (hparams or {}).items()},
+        term_states=term_states, term_opt_states=term_opt_states, refreshed=refreshed)
+
+  return init
+
+
 def run_view(state: TrainState, refreshed: Mapping[str, Any] | None = None) -> RunView:
   """What interventions, terms, refreshers and evaluators read of a run (or of stacked runs)."""
   return RunView(step=state.step, hparams=state.hparams,

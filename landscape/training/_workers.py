@@ -3,7 +3,8 @@
 On a CPU, XLA compiles a program on one core, and a small model's step keeps little more than one
 busy: a study of many arms, each its own compiled program, leaves the other cores idle. `run_jobs`
 runs independent jobs in spawned worker processes, each set up as this one is (the JAX settings
-that decide what is compiled, cached and computed; absl's verbosity), so a job computes exactly
+that decide what is compiled, cached and computed; absl's verbosity; `keep_freed_memory`), so a
+job computes exactly
 what it would compute here. On a GPU or TPU, and in a multi-process run, jobs run here one after
 another: one process owns the accelerator.
 """
@@ -11,6 +12,7 @@ another: one process owns the accelerator.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -65,12 +67,39 @@ def resolve_workers(workers: int, *, field: str = "config.workers") -> int:
   return workers
 
 
+_keeping_freed_memory = False
+# glibc's mallopt parameters (malloc.h); 1 GiB: blocks below it come from the heap, which keeps them.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _KEEP_BYTES = -1, -3, 1 << 30
+
+
+def keep_freed_memory() -> bool:
+  """Has this process's C allocator keep freed memory for reuse; True where it could (glibc).
+
+  XLA's CPU runtime allocates and frees its buffers at every call. glibc returns freed blocks
+  above its thresholds to the operating system, and the next call faults their pages in again:
+  about 7% of the CPU time of the flagship's arms on a 2-core machine (BENCHMARKS.md). The price
+  is that the process keeps its peak memory. The binaries call it at start-up; `run_jobs`'s workers
+  do when the process that starts them did. A no-op (False) where the C library is not glibc.
+  """
+  global _keeping_freed_memory
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES) and
+                libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+  except (OSError, AttributeError):
+    done = False
+  _keeping_freed_memory = _keeping_freed_memory or done
+  return done
+
+
 def _settings() -> dict[str, Any]:
   return {name: getattr(jax.config, name) for name in JAX_SETTINGS if name in jax.config.values}
 
 
-def _start_worker(settings: dict[str, Any], verbosity: int,
+def _start_worker(settings: dict[str, Any], verbosity: int, keeps_freed_memory: bool,
                   setup: Callable[[], None] | None) -> None:
+  if keeps_freed_memory:
+    keep_freed_memory()
   for name, value in settings.items():
     jax.config.update(name, value)
   if not flags.FLAGS.is_parsed():
@@ -97,7 +126,7 @@ def run_jobs(fn: Callable[[Job], Any], jobs: Sequence[Job], *, workers: int,
     return [fn(job) for job in jobs]
   pool = concurrent.futures.ProcessPoolExecutor(
       max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-      initializer=_start_worker, initargs=(_settings(), logging.get_verbosity(), setup))
+      initializer=_start_worker, initargs=(_settings(), logging.get_verbosity(), _keeping_freed_memory, setup))
 
   sigterm = threading.Event()
 
