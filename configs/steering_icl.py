@@ -7,10 +7,11 @@
   python -m experiments.steering_icl --config=configs/steering_icl.py:gpu \
       --workdir=workdirs/steering_icl_gpu
 
-Presets: "" (4 GINC concepts, a 2-layer GPT, 5 seeds, N up to 16; about 7 minutes on a 2-core
-CPU), "smoke" (2 seeds, a 1-layer GPT, a few steps, a small grid: seconds, for tests), "gpu" (8 concepts, a
-4-layer GPT, N up to 64; untuned). Rerunning the same command resumes training and remeasures; a
-rerun with a different config in the same --workdir is refused.
+Presets: "" (4 GINC concepts, a 2-layer GPT, 5 seeds, N up to 16, four steering vectors including
+an SAE feature; about 6 minutes on a 2-core CPU), "smoke" (2 seeds, a 1-layer GPT, a few steps, a
+tiny SAE, a small grid: seconds, for tests), "gpu" (8 concepts, a 4-layer GPT of width 256, N up to
+64, SAEs of 2048 latents; untuned, not yet run). Rerunning the same command resumes training and
+remeasures; a rerun with a different config in the same --workdir is refused.
 """
 
 import ml_collections
@@ -46,10 +47,16 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       num_prompts=64, num_groups=4, shot_length=3, query_length=3, shots=(0, 1, 2, 3, 4, 6, 8, 12, 16),
       target_concept=0, shot_concept=1, vector_shots=4, seed=12345))
   # Steering: at each layer's `site_kind`, the read-out position, m in units of the site's mean
-  # activation norm; kinds: difference of means, the vector built from shots, a random control.
+  # activation norm; kinds: difference of means, the vector built from shots, a random control,
+  # an SAE feature's decoder row.
   config.steering = ml_collections.ConfigDict(dict(
       site_kind="resid_post", magnitudes=(-1.0, -0.6, -0.3, 0.0, 0.3, 0.6, 1.0),
-      kinds="diff_of_means,shots,random", num_documents=128))
+      kinds="diff_of_means,shots,random,sae", num_documents=128))
+  # The SAE kind: a TopK SAE per seed and site on `num_documents` documents of every concept (every
+  # position a row); the feature whose mean code best tells documents of c from c' (AUROC) is used.
+  config.sae = ml_collections.ConfigDict(dict(
+      d_sae=192, k=4, steps=2000, batch_size=256, learning_rate=1e-3, warmup_steps=100,
+      num_documents=256))
   config.num_bootstrap = 100
   config.criteria = "preregistered"
 
@@ -69,6 +76,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
                                  shots=(0, 1, 2), vector_shots=2))
       config.steering.magnitudes = (-1.0, 0.0, 1.0)
       config.steering.num_documents = 8
+      config.sae.update(dict(d_sae=16, k=2, steps=20, batch_size=32, warmup_steps=0,
+                             num_documents=8))
       config.num_bootstrap = 10
     elif name == "gpu":
       config.steps = 20000
@@ -79,6 +88,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       config.prompts.update(dict(num_prompts=256, num_groups=8,
                                  shots=(0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64), vector_shots=8))
       config.steering.num_documents = 512
+      config.sae.update(dict(d_sae=2048, k=16, steps=4000, batch_size=1024, learning_rate=3e-4,
+                             warmup_steps=200, num_documents=256))
     else:
       raise ValueError(f"configs/steering_icl.py: unknown preset {name!r}; expected smoke or gpu")
   config.lock()

@@ -12,6 +12,7 @@ import numpy as np
 
 from configs import concept_attribution as experiment_config
 from landscape import concept_attribution
+from landscape.concept_attribution import _arms
 from landscape.concept_attribution import _criteria
 from landscape.concept_attribution import _report
 from landscape.concept_attribution import _results
@@ -44,46 +45,69 @@ class SmokeTest(absltest.TestCase):
 
   def test_every_arm_ran_and_is_reported(self):
     for arm in concept_attribution.ARMS:
-      with open(os.path.join(self.workdir, "arms", arm, "summary.json")) as handle:
+      job = concept_attribution.ARM_REGISTRY[arm].job
+      with open(os.path.join(self.workdir, "arms", job, "summary.json")) as handle:
         summary = json.load(handle)
-      factor = concept_attribution.ARM_REGISTRY[arm].steps_factor(self.config)
-      self.assertEqual(summary["step"], self.config.steps * factor, arm)
+      steps = _arms.arm_steps(arm, self.config)
+      self.assertEqual(summary["step"], steps, arm)
       grid = concept_attribution.ARM_REGISTRY[arm].grid(self.config)
-      self.assertLen(summary["style/rate"], self.config.num_seeds * len(grid), arm)
+      points = _arms.runs_of(summary["runs"], arm, self.config)
+      self.assertLen(points, len(grid), arm)
+      for point, runs in points:  # each point of the arm's grid trained with every seed
+        self.assertEqual([summary["runs"][index]["seed"] for index in runs],
+                         [self.config.seed + seed for seed in range(self.config.num_seeds)],
+                         (arm, point))
       self.assertLen(summary["features/mean_code"][0], self.config.sae.d_sae, arm)
       self.assertIn(f"| {arm}", self.report)
       self.assertIn(f"- `{arm}` ({concept_attribution.ARM_REGISTRY[arm].family}): ", self.report)
-      rows = read_jsonl(os.path.join(self.workdir, "arms", arm, "metrics.jsonl"))
+      rows = read_jsonl(os.path.join(self.workdir, "arms", job, "metrics.jsonl"))
       logged = [row for row in rows if f"transform0/{SITE}/magnitude" in row]
-      self.assertLen(logged, self.config.steps * factor // self.config.attribution_log_every)
+      self.assertLen(logged, steps // self.config.attribution_log_every)
+    # Jobs: one directory per training call, every run of it some arm's.
+    jobs = sorted(os.listdir(os.path.join(self.workdir, "arms")))
+    self.assertEqual(jobs, sorted(concept_attribution.JOB_REGISTRY))
+    for job in jobs:
+      with open(os.path.join(self.workdir, "arms", job, "summary.json")) as handle:
+        runs = json.load(handle)["runs"]
+      claimed = [index for arm in _arms.job_arms(job)
+                 for _, indices in _arms.runs_of(runs, arm, self.config) for index in indices]
+      self.assertEqual(sorted(claimed), list(range(len(runs))), job)
     for figure in ("attribution.png", "sources.png", "style_and_skill.png"):
       self.assertGreater(os.path.getsize(os.path.join(self.workdir, figure)), 10_000, figure)
     self.assertIn("Command: `smoke test`", self.report)
 
   def test_criteria_sentences_come_from_the_runs_own_files(self):
-    results = _results.load_results(self.workdir, concept_attribution.ARMS, SITE)
+    results = _results.load_results(self.workdir, concept_attribution.ARMS, SITE, self.config)
     masks = self.masks_from_files()
-    verdicts = _criteria.evaluate_all(
-        _criteria.Evidence(results, masks, self.config.skill_threshold))
+    evidence = _criteria.Evidence(results, masks, self.config.skill_threshold)
+    verdicts = _criteria.evaluate_all(evidence)
+    post_hoc = _criteria.evaluate_all(evidence, concept_attribution.POST_HOC)
     self.assertLen(verdicts, 5)
+    self.assertLen(post_hoc, 3)
     with open(os.path.join(self.workdir, "summary.json")) as handle:
       summary = json.load(handle)
-    for verdict, saved in zip(verdicts, summary["criteria"]):
+    for verdict, saved in zip(verdicts + post_hoc,
+                              summary["criteria"] + summary["post_hoc_criteria"]):
       self.assertNotEqual(verdict.outcome, _criteria.NOT_RUN)
       self.assertIn(verdict.sentence, self.report)
       self.assertEqual(verdict.outcome, saved["verdict"])
+      self.assertEqual(verdict.name, saved["name"])
+    # The post-hoc judgements follow the pre-registered ones, declared as such.
+    self.assertLess(self.report.index(verdicts[-1].sentence),
+                    self.report.index("Post hoc, declared"))
+    self.assertLess(self.report.index("Post hoc, declared"), self.report.index(post_hoc[0].sentence))
     # The table's style rate of plain is the mean of its runs' final values.
     plain = _results.find(results, "plain")
     self.assertIn(f"| plain | baseline | {np.mean(plain.final[_results.STYLE_RATE]):.3f} [",
                   self.report)
 
   def test_rerun_reads_back_and_a_different_setting_is_refused(self):
-    written = {arm: os.stat(os.path.join(self.workdir, "arms", arm, "metrics.jsonl")).st_mtime_ns
-               for arm in concept_attribution.ARMS}
+    written = {job: os.stat(os.path.join(self.workdir, "arms", job, "metrics.jsonl")).st_mtime_ns
+               for job in concept_attribution.JOB_REGISTRY}
     again = concept_attribution.run(self.config, self.workdir, command="smoke test")
-    for arm, mtime in written.items():  # read back, not trained again
+    for job, mtime in written.items():  # read back, not trained again
       self.assertEqual(
-          os.stat(os.path.join(self.workdir, "arms", arm, "metrics.jsonl")).st_mtime_ns, mtime, arm)
+          os.stat(os.path.join(self.workdir, "arms", job, "metrics.jsonl")).st_mtime_ns, mtime, job)
     self.assertEqual(again["criteria"], self.summary["criteria"])
     self.assertEqual(again["arms"], self.summary["arms"])
     changed = experiment_config.get_config("smoke")
@@ -112,7 +136,7 @@ class SmokeTest(absltest.TestCase):
   def test_planted_no_style_attribution_above_random_features(self):
     # The planted setting: `oracle` fine-tunes the same base model on the same examples without
     # the style (the "planted" preset's fine-tuning data), attributed along the same SAE features.
-    results = _results.load_results(self.workdir, concept_attribution.ARMS, SITE)
+    results = _results.load_results(self.workdir, concept_attribution.ARMS, SITE, self.config)
     masks = self.masks_from_files()
     planted = _report.attribution_checks(results, masks, arm="oracle")
     styled = _report.attribution_checks(results, masks, arm="plain")

@@ -1,5 +1,6 @@
 """Concept attribution, piece by piece: the attribution on a small GPT against float64 NumPy, the
-group shares' sum, the gain transform, and the criteria judged on planted results."""
+group shares' sum, the gain transform and the feature spans it reads as data, the jobs' grids, the
+criteria (pre-registered and post hoc) judged on planted results, and the gpu preset's config."""
 
 import types
 
@@ -11,13 +12,16 @@ import optax
 
 from configs import concept_attribution as experiment_config
 from landscape import analysis
+from landscape import concept_attribution
 from landscape import sae as sae_lib
 from landscape import transforms
+from landscape.concept_attribution import _arms
 from landscape.concept_attribution import _criteria
 from landscape.concept_attribution import _measures
 from landscape.concept_attribution import _results
 from landscape.concept_attribution import _setting
 from landscape.concept_attribution import scale_along_by
+from landscape.training import ConfigError
 
 SITE = "blocks.0.resid_post"
 
@@ -162,6 +166,40 @@ class AttributionTest(absltest.TestCase):
     with self.assertRaisesRegex(transforms.DirectionsError, "'style_gain'.*'skill_gain'"):
       by_arg.update(params, by_arg.init(params), None, skill_gain=1.0)
 
+  def test_feature_spans_are_each_sets_span_and_picked_by_index(self):
+    """The gain jobs' spans are data: the stacked bases equal each set's float64 span, and a
+    gain whose span arrives through its extra arg (picked by index, as `_feature_gains` does)
+    computes what `scale_along` with that set's span fixed computes."""
+    setting, params = _small_setting()
+    chosen = {"style": [1, 4, 7], "skill": [0, 2, 9], "random": [5, 11, 13],
+              "by_activation": [3, 4, 20]}
+    setting.groups = types.SimpleNamespace(**{name: np.asarray(chosen[name])
+                                              for name in _setting.FEATURE_SETS})
+    config = experiment_config.get_config("smoke")
+    spans = _arms.feature_spans(setting, config)
+    self.assertEqual(spans.bases_GxRxD.shape, (4, 3, 16))
+    rows = np.asarray(setting.sae.W_dec, np.float64)
+    for index, name in enumerate(_setting.FEATURE_SETS):
+      basis = np.asarray(spans.bases_GxRxD[index], np.float64)
+      reference = np.linalg.qr(rows[chosen[name]].T)[0]          # (D, 3) orthonormal, float64
+      # float32 storage of a float64 SVD basis: orthonormal to ~1e-7; the same projector.
+      np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-6)
+      np.testing.assert_allclose(basis.T @ basis, reference @ reference.T, atol=1e-6)
+    rng = np.random.default_rng(5)
+    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
+                                                             jnp.float32), params)
+    held = _arms.feature_span(setting, chosen["style"], config, extra_arg="span")
+    by_index = scale_along_by(held, "gain")
+    apply = jax.jit(lambda update, index, gain: by_index.update(
+        update, by_index.init(params), None, gain=gain,
+        span={SITE: spans.bases_GxRxD[index]})[0])
+    for index, name in enumerate(_setting.FEATURE_SETS):
+      fixed = transforms.scale_along(_arms.feature_span(setting, chosen[name], config), -1.0)
+      expected, _ = fixed.update(update, fixed.init(params))
+      got = apply(update, jnp.asarray(index, jnp.int32), jnp.asarray(-1.0, jnp.float32))
+      jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got,
+                             expected)
+
   def test_rank_correlation(self):
     self.assertAlmostEqual(_measures.rank_correlation([1, 2, 3, 4], [10, 20, 25, 40]), 1.0)
     self.assertAlmostEqual(_measures.rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]), -1.0)
@@ -232,6 +270,80 @@ class CriteriaTest(absltest.TestCase):
     result = _result("plain", skill_curve=(steps, values), seeds=(0, 1), steps=60)
     np.testing.assert_array_equal(_criteria.steps_to_threshold(result, 0.9), [40, 20])
     np.testing.assert_array_equal(_criteria.steps_to_threshold(result, 0.995), [80, 80])
+
+
+  def test_post_hoc_margin_variant_judges_the_margin_gained_over_the_base(self):
+    # The rate saturates (1.0 everywhere: the pre-registered criterion 2 fails), while the margin
+    # gained over the base (step 0: -2) is 4 for plain and 1 for suppress: less than half.
+    steps = np.array([0, 50, 100])
+
+    def margins(final):
+      start = np.full(5, -2.0)
+      return (steps, np.stack([start, (start + final) / 2, final]))
+
+    plain = _result("plain", style=[1.0] * 5, skill=[0.9] * 5)
+    plain.final[_results.STYLE_MARGIN] = np.array([2.0, 2.1, 1.9, 2.0, 2.0])
+    plain.curves[_results.STYLE_MARGIN] = margins(plain.final[_results.STYLE_MARGIN])
+    suppress = _result("suppress", point={"style_gain": 0.0}, style=[1.0] * 5, skill=[0.9] * 5)
+    suppress.final[_results.STYLE_MARGIN] = np.array([-1.0, -0.9, -1.1, -1.0, -1.0])
+    suppress.curves[_results.STYLE_MARGIN] = margins(suppress.final[_results.STYLE_MARGIN])
+    evidence = _criteria.Evidence([plain, suppress], {}, 0.9)
+    self.assertEqual(_criteria.evaluate(_criterion("2."), evidence).outcome, analysis.FAILS)
+    on_margin = next(c for c in concept_attribution.POST_HOC if c.name.startswith("2m."))
+    self.assertEqual(on_margin.bounds, _criterion("2.").bounds)  # the pre-registered bounds
+    self.assertTrue(on_margin.post_hoc)
+    verdict = _criteria.evaluate(on_margin, evidence)
+    self.assertEqual(verdict.outcome, analysis.HOLDS)
+    # suppress gained 1.0, plain 4.0: 1.0 - 0.5 x 4.0 = -1.0 per seed.
+    self.assertAlmostEqual(verdict.numbers["style_minus_bound"]["mean"], -1.0)
+    np.testing.assert_allclose(_criteria.acquired_style(plain, _results.STYLE_MARGIN),
+                               [4.0, 4.1, 3.9, 4.0, 4.0])
+    np.testing.assert_array_equal(_criteria.acquired_style(plain, _results.STYLE_RATE), [1.0] * 5)
+    self.assertEqual([c.name.split(".")[0] for c in concept_attribution.POST_HOC],
+                     ["2m", "3m", "5m"])
+
+
+class JobsTest(absltest.TestCase):
+
+  def test_every_arm_point_is_one_distinct_point_of_its_job(self):
+    config = experiment_config.get_config("")
+    for job in concept_attribution.JOB_REGISTRY:
+      grid = _arms.job_grid(job, config)
+      keys = [tuple(sorted(point.items())) for point in grid]
+      self.assertLen(set(keys), len(keys), job)
+      runs = [{"seed": seed, **point} for point in grid for seed in (0, 1)]
+      claimed = []
+      for arm in _arms.job_arms(job):
+        points = _arms.runs_of(runs, arm, config)
+        self.assertEqual([point for point, _ in points],
+                         concept_attribution.ARM_REGISTRY[arm].grid(config))
+        for _, indices in points:
+          self.assertLen(indices, 2, (job, arm))
+          claimed += indices
+      self.assertEqual(sorted(claimed), list(range(len(runs))), job)
+    # The update-space arms and their controls differ only in which features and which gains:
+    # one job, one program.
+    self.assertEqual({concept_attribution.ARM_REGISTRY[arm].job for arm in (
+        "plain", "suppress", "amplify", "suppress_amplify", "random_features",
+        "activation_features")}, {"gains"})
+    self.assertEqual(concept_attribution.ARM_REGISTRY["suppress_live"].job,
+                     concept_attribution.ARM_REGISTRY["plain_live"].job)
+
+  def test_gpu_preset_builds_and_validates_without_training(self):
+    config = experiment_config.get_config("gpu")
+    self.assertEqual(config.sae.d_sae, 16_384)
+    self.assertEqual(concept_attribution.validate(config), list(concept_attribution.ARMS))
+    default = experiment_config.get_config("")
+    self.assertGreater(config.model.d_model, default.model.d_model)
+    self.assertGreater(config.world.num_words, default.world.num_words)
+    # The site is one of the model the preset builds (checked without initialising it).
+    world = _setting.make_world(config)
+    model = _setting.make_model(config, world)
+    model.check_sites([config.site], what="config.site")
+    config.unlock()
+    config.group_size = config.sae.d_sae  # three groups cannot fit
+    with self.assertRaisesRegex(ConfigError, "config.group_size"):
+      concept_attribution.validate(config)
 
 
 if __name__ == "__main__":

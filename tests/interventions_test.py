@@ -102,6 +102,101 @@ class InterventionValuesTest(parameterized.TestCase):
       interventions.clamp(_basis(2), 1.0)
 
 
+class SteerPositionsTest(parameterized.TestCase):
+  """`steer(..., positions=...)` adds the vector at chosen positions of the sequence axis only."""
+
+  def setUp(self):
+    super().setUp()
+    self.vector = jnp.asarray(np.random.default_rng(4).normal(size=WIDTH), jnp.float32)
+    self.acts = _acts((3, 5, WIDTH))
+
+  def test_no_positions_is_the_steering_of_every_position_bitwise(self):
+    for alpha in (0.0, 2.5, -1.0):
+      default = jax.jit(lambda a, alpha=alpha: interventions.steer(self.vector, alpha)(a))(self.acts)
+      every = jax.jit(lambda a, alpha=alpha: interventions.steer(
+          self.vector, alpha, positions=None)(a))(self.acts)
+      np.testing.assert_array_equal(every, default)
+      np.testing.assert_array_equal(
+          every, np.asarray(self.acts) + np.float32(alpha) * np.asarray(self.vector))
+
+  @parameterized.parameters(dict(positions=-1), dict(positions=4), dict(positions=(0, 2)),
+                            dict(positions=[1, -1]), dict(positions=(-5,)))
+  def test_only_the_chosen_positions_move_by_alpha_times_vector(self, positions):
+    alpha = 1.75
+    steered = np.asarray(jax.jit(lambda a: interventions.steer(
+        self.vector, alpha, positions=positions)(a))(self.acts), np.float64)
+    chosen = np.zeros(5, bool)
+    chosen[np.atleast_1d(positions)] = True
+    reference = np.asarray(self.acts, np.float64).copy()
+    reference[:, chosen] += alpha * np.asarray(self.vector, np.float64)
+    # Positions not chosen are untouched, bitwise; the chosen ones differ from the float64 sum by
+    # float32 rounding of O(1) values.
+    np.testing.assert_array_equal(steered[:, ~chosen], np.asarray(self.acts)[:, ~chosen])
+    np.testing.assert_allclose(steered[:, chosen], reference[:, chosen], rtol=1e-6, atol=1e-6)
+    # d/d alpha of sum(weights * steered) is the sum over chosen positions of weights . vector.
+    weights = _acts((3, 5, WIDTH), seed=7)
+    gradient = jax.grad(lambda a: jnp.sum(weights * interventions.steer(
+        self.vector, a, positions=positions)(self.acts)))(jnp.float32(alpha))
+    expected = np.einsum("btd,d->", np.asarray(weights, np.float64)[:, chosen],
+                         np.asarray(self.vector, np.float64))
+    np.testing.assert_allclose(gradient, expected, rtol=1e-5, atol=1e-5)
+
+  def test_positions_under_vmap_of_vectors(self):
+    vectors = jnp.stack([self.vector, -self.vector, 0 * self.vector])
+    steered = jax.jit(jax.vmap(lambda v: interventions.steer(v, 1.0, positions=-1)(self.acts)))(
+        vectors)
+    chex.assert_shape(steered, (3, 3, 5, WIDTH))
+    for index in range(3):
+      np.testing.assert_array_equal(steered[index, :, :-1], self.acts[:, :-1])
+    np.testing.assert_array_equal(steered[2], self.acts)
+
+  @parameterized.parameters(
+      (5, r"positions=\(5,\) has \[5\] outside \[-5, 5\) for a sequence of length 5"),
+      ((0, -6), r"positions=\(0, -6\) has \[-6\] outside \[-5, 5\)"),
+      ((-1, 4), r"positions=\(-1, 4\) names a position twice"))
+  def test_out_of_range_positions_name_the_value_and_the_length(self, positions, message):
+    steering = interventions.steer(self.vector, 1.0, positions=positions)
+    with self.assertRaisesRegex(BadInputError, message):
+      steering(self.acts)
+    with self.assertRaisesRegex(BadInputError, message):
+      jax.jit(steering)(self.acts)
+
+  @parameterized.parameters(dict(positions="last"), dict(positions=1.5), dict(positions=True),
+                            dict(positions=()), dict(positions=[[0, 1]]),
+                            dict(positions=(0, "1")))
+  def test_positions_of_the_wrong_type_are_refused_by_name(self, positions):
+    with self.assertRaisesRegex(BadInputError, r"steer: positions=.*expected None \(every "
+                                r"position\), an int or a non-empty sequence of ints"):
+      interventions.steer(self.vector, 1.0, positions=positions)
+
+  def test_positions_need_a_sequence_axis(self):
+    with self.assertRaisesRegex(BadInputError, r"positions=\(-1,\) needs an activation \(B, T, "
+                                r"\.\.\., D\).*shape \(4, 12\)"):
+      interventions.steer(self.vector, 1.0, positions=-1)(_acts((4, WIDTH)))
+
+  def test_in_a_gpt_magnitude_zero_is_bitwise_and_the_last_position_moves_only_its_logits(self):
+    model = models.gpt(models.GPTConfig(vocab_size=11, max_len=6, d_model=WIDTH, num_layers=2,
+                                        num_heads=2))
+    params = model.init(jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 6), 0, 11)
+    site = "blocks.0.resid_post"
+    plain = np.asarray(model.forward(params, tokens)[0])
+    # Op by op (un-jitted), adding zero is exact and every later op sees the same values.
+    for positions in (None, -1, (0, 3)):
+      zero = interventions.steer(self.vector, 0.0, positions=positions)
+      np.testing.assert_array_equal(model.forward(params, tokens, interventions={site: zero})[0],
+                                    plain)
+    steered = np.asarray(model.forward(params, tokens, interventions={
+        site: interventions.steer(self.vector, 3.0, positions=-1)})[0])
+    # Causal attention: the positions before the last do not see it.
+    np.testing.assert_array_equal(steered[:, :-1], plain[:, :-1])
+    self.assertGreater(np.abs(steered[:, -1] - plain[:, -1]).max(), 1e-3)
+
+  def test_backward_only_with_positions_keeps_the_value(self):
+    steering = interventions.steer(self.vector, 2.0, positions=(1, 3), backward_only=True)
+    np.testing.assert_array_equal(jax.jit(steering)(self.acts), self.acts)
+
+
 class BackwardOnlyCallableTest(absltest.TestCase):
 
   def test_plain_function_keeps_the_value_and_routes_the_gradient_through_it(self):

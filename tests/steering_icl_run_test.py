@@ -12,13 +12,16 @@ from absl.testing import absltest
 
 from configs import steering_icl as steering_config
 from landscape import data
+from landscape import interventions
 from landscape import models
 from landscape import steering_icl
 from landscape.steering_icl import _report
+from landscape.steering_icl import _run
 from landscape.training import ConfigError
 
 
 class SteeringTest(absltest.TestCase):
+  """The experiment steers with `interventions.steer(shift, 1.0, positions=-1)`."""
 
   def test_magnitude_zero_leaves_logits_bitwise_unchanged(self):
     model = models.gpt(models.GPTConfig.tiny())
@@ -30,23 +33,23 @@ class SteeringTest(absltest.TestCase):
     plain = model.forward(params, tokens)[0]
     compiled_plain = jax.jit(lambda p, x: model.forward(p, x)[0])(params, tokens)
     for site in ("blocks.0.resid_post", "blocks.1.resid_post"):
-      zero = steering_icl.SteerLast(0.0 * jnp.ones((32,)))
+      zero = interventions.steer(0.0 * jnp.ones((32,)), 1.0, positions=-1)
       steered = model.forward(params, tokens, interventions={site: zero})[0]
       np.testing.assert_array_equal(np.asarray(steered), np.asarray(plain))
       compiled = jax.jit(lambda p, x, v, site=site: model.forward(
-          p, x, interventions={site: steering_icl.SteerLast(v)})[0])(params, tokens,
-                                                                   jnp.zeros((32,)))
+          p, x, interventions={site: interventions.steer(v, 1.0, positions=-1)})[0])(
+              params, tokens, jnp.zeros((32,)))
       np.testing.assert_allclose(np.asarray(compiled), np.asarray(compiled_plain), rtol=1e-5,
                                  atol=1e-6)
 
-  def test_steering_moves_only_the_last_position(self):
+  def test_the_read_out_moves_only_with_the_last_position(self):
     model = models.gpt(models.GPTConfig.tiny())
     params = model.init(jax.random.PRNGKey(0))
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 0, 64)
     shift = jax.random.normal(jax.random.PRNGKey(2), (32,))
     plain = model.forward(params, tokens)[0]
-    steered = model.forward(params, tokens,
-                            interventions={"blocks.0.resid_post": steering_icl.SteerLast(shift)})[0]
+    steered = model.forward(params, tokens, interventions={
+        "blocks.0.resid_post": interventions.steer(shift, 1.0, positions=-1)})[0]
     np.testing.assert_array_equal(np.asarray(steered[:, :-1]), np.asarray(plain[:, :-1]))
     self.assertGreater(float(jnp.abs(steered[:, -1] - plain[:, -1]).max()), 1e-3)
 
@@ -96,13 +99,29 @@ class SmokeRunTest(absltest.TestCase):
         self.assertIn(f"{verdict.estimate.mean:.3f}"[:4], verdict.sentence)
     sites = [f"blocks.{i}.resid_post" for i in range(config.model.num_layers)]
     self.assertEqual(measured.sites, tuple(sites))
+    kinds = config.steering.kinds.split(",")
+    self.assertEqual(measured.kinds, tuple(kinds))
+    self.assertIn("sae", kinds)
     self.assertEqual(measured.log_odds[sites[0]].shape,
-                     (3, config.num_seeds * config.prompts.num_groups,
+                     (len(kinds), config.num_seeds * config.prompts.num_groups,
                       len(config.steering.magnitudes), len(config.prompts.shots)))
     # m = 0 is the unsteered model, whatever the vector: every kind measures the same numbers.
     zero = list(config.steering.magnitudes).index(0.0)
     grid = measured.log_odds[sites[0]]
-    np.testing.assert_array_equal(grid[0, :, zero], grid[2, :, zero])
+    for index in range(1, len(kinds)):
+      np.testing.assert_array_equal(grid[index, :, zero], grid[0, :, zero])
+    # The SAE feature: one per seed, its AUROCs oriented (>= 0.5 where it was chosen), its
+    # direction a unit vector; the report's separation count is the run's own.
+    found = measured.sae[sites[0]]
+    self.assertEqual(found["feature_S"].shape, (config.num_seeds,))
+    self.assertTrue(np.all((0 <= found["feature_S"]) & (found["feature_S"] < config.sae.d_sae)))
+    self.assertTrue(np.all(found["auroc_chosen_S"] >= 0.5))
+    self.assertTrue(np.all((0 <= found["auroc_heldout_S"]) & (found["auroc_heldout_S"] <= 1)))
+    np.testing.assert_allclose(np.linalg.norm(found["direction_SxD"], axis=1), 1.0, rtol=1e-9)
+    separating = int(np.sum(found["auroc_heldout_S"] >= 0.8))
+    self.assertIn(f"| {separating} of {config.num_seeds} seeds |", text)
+    self.assertIn(f"{judged.fits[sites[0], 'sae'].a.mean:+.3f}", text)
+    self.assertEqual(summary["sae"][sites[0]]["feature"], found["feature_S"].tolist())
     self.assertTrue(re.search(r"Held-out next-token loss: model \d", text))
     # The Bayes-optimal loss by position averages to the dataset's (the same held-out documents).
     np.testing.assert_allclose(measured.bayes_position_loss_T.mean(), measured.bayes_loss,
@@ -113,7 +132,7 @@ class SmokeRunTest(absltest.TestCase):
     # metrics.jsonl: one row per site, kind and cell, its mean the units' mean of measured.npz.
     with open(os.path.join(workdir, "metrics.jsonl")) as handle:
       rows = [json.loads(line) for line in handle]
-    self.assertLen(rows, len(sites) * 3 * grid.shape[2] * grid.shape[3])
+    self.assertLen(rows, len(sites) * len(kinds) * grid.shape[2] * grid.shape[3])
     last_cell = measured.log_odds[sites[-1]][-1, :, -1, -1]
     self.assertEqual(rows[-1]["units"], last_cell.tolist())
     self.assertAlmostEqual(rows[-1]["log_odds"], float(last_cell.mean()))
@@ -128,8 +147,19 @@ class SmokeRunTest(absltest.TestCase):
   def test_bad_configs_are_refused_before_training(self):
     config = steering_config.get_config("smoke")
     config.unlock()
-    config.steering.kinds = "diff_of_means,sae"
-    with self.assertRaisesRegex(ConfigError, r"config\.steering\.kinds=.*unknown \['sae'\]"):
+    config.steering.kinds = "diff_of_means,pca"
+    with self.assertRaisesRegex(ConfigError, r"config\.steering\.kinds=.*unknown \['pca'\]"):
+      steering_icl.run(config, tempfile.mkdtemp())
+    config = steering_config.get_config("smoke")
+    config.unlock()
+    config.sae.k = 17
+    with self.assertRaisesRegex(ConfigError, r"config\.sae\.k=17: must not exceed "
+                                r"config\.sae\.d_sae=16"):
+      steering_icl.run(config, tempfile.mkdtemp())
+    config = steering_config.get_config("smoke")
+    config.unlock()
+    config.sae.batch_size = 4096
+    with self.assertRaisesRegex(ConfigError, r"config\.sae\.batch_size=4096: .* 231 training rows"):
       steering_icl.run(config, tempfile.mkdtemp())
     config = steering_config.get_config("smoke")
     config.unlock()
@@ -146,6 +176,31 @@ class SmokeRunTest(absltest.TestCase):
     config.prompts.shot_concept = 7
     with self.assertRaisesRegex(ConfigError, r"config\.prompts\.shot_concept=7: the mixture has"):
       steering_icl.run(config, tempfile.mkdtemp())
+
+
+
+class PresetTest(absltest.TestCase):
+
+  def test_gpu_preset_builds_and_validates_without_running(self):
+    config = steering_config.get_config("gpu")
+    default = steering_config.get_config("")
+    sites, kinds = _run.validate(config)
+    self.assertGreater(config.mixture.num_concepts, default.mixture.num_concepts)
+    self.assertGreater(config.model.num_layers, default.model.num_layers)
+    self.assertEqual(max(config.prompts.shots), 64)
+    self.assertEqual(sites, [f"blocks.{i}.resid_post" for i in range(config.model.num_layers)])
+    self.assertEqual(kinds, ["diff_of_means", "shots", "random", "sae"])
+    # The pieces it builds, without the exact posterior's cost: the mixture and the model's shapes.
+    mixture = data.ginc_mixture(**config.mixture.to_dict())
+    self.assertEqual(mixture.num_concepts, config.mixture.num_concepts)
+    model = models.gpt(models.GPTConfig(
+        vocab_size=mixture.vocab_size, max_len=config.seq_len, d_model=config.model.d_model,
+        num_layers=config.model.num_layers, num_heads=config.model.num_heads))
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    self.assertTrue(any(leaf.shape[-1] == config.model.d_model
+                        for leaf in jax.tree_util.tree_leaves(shapes)))
+    with self.assertRaisesRegex(ValueError, r"unknown preset 'tpu'"):
+      steering_config.get_config("tpu")
 
 
 if __name__ == "__main__":

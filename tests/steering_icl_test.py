@@ -11,6 +11,7 @@ from landscape import steering_icl
 from landscape.sites import BadInputError
 from landscape.steering_icl import _criteria
 from landscape.steering_icl import _report
+from landscape.steering_icl import _sae_vector
 
 MAGNITUDES = np.array([-1.0, -0.6, -0.3, 0.0, 0.3, 0.6, 1.0])
 SHOTS = np.array([0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0])
@@ -218,6 +219,51 @@ class VectorTest(absltest.TestCase):
     self.assertAlmostEqual(_report.measured_crossing(np.array([0., 2., 4.]),
                                                      np.array([1.0, 0.5, -0.5])), 3.0)
     self.assertIsNone(_report.measured_crossing(np.array([0., 2.]), np.array([1.0, 0.5])))
+
+
+class SAEFeatureTest(absltest.TestCase):
+
+  def test_auroc_is_the_pairwise_win_rate_with_ties_halved(self):
+    rng = np.random.default_rng(0)
+    positives = rng.integers(0, 4, size=(9, 3)).astype(float)  # small integers: many ties
+    negatives = rng.integers(0, 4, size=(7, 3)).astype(float)
+    reference = [np.mean([(p > n) + 0.5 * (p == n) for p in positives[:, f] for n in negatives[:, f]])
+                 for f in range(3)]
+    np.testing.assert_allclose(_sae_vector.auroc(positives, negatives), reference, rtol=1e-12)
+    with self.assertRaisesRegex(BadInputError, r"positives \(9, 3\) and negatives \(7, 2\)"):
+      _sae_vector.auroc(positives, negatives[:, :2])
+
+  def test_the_feature_that_separates_best_is_chosen_and_oriented_towards_c(self):
+    rng = np.random.default_rng(1)
+    target = rng.exponential(size=(40, 6))
+    other = rng.exponential(size=(40, 6))
+    target[:, 2] += 0.5   # fires somewhat more on c
+    other[:, 4] += 3.0    # fires much more on c': the best separator, pointing away from c
+    feature, sign, chosen, heldout = _sae_vector.choose_feature(target, other)
+    self.assertEqual((feature, sign), (4, -1.0))
+    self.assertGreater(chosen, 0.9)
+    self.assertGreater(heldout, _sae_vector.SEPARATION_THRESHOLD)
+    # With no signal, the best of six features on one half does not carry to the other.
+    feature, _, chosen, heldout = _sae_vector.choose_feature(rng.exponential(size=(200, 6)),
+                                                             rng.exponential(size=(200, 6)))
+    self.assertGreaterEqual(chosen, 0.5)
+    self.assertLess(heldout, _sae_vector.SEPARATION_THRESHOLD)
+    with self.assertRaisesRegex(BadInputError, r"1 and 40 documents; need at least 2"):
+      _sae_vector.choose_feature(target[:1], other)
+
+  def test_settings_name_the_field_and_value(self):
+    good = dict(d_sae=8, k=2, steps=10, batch_size=4, learning_rate=1e-3, warmup_steps=0,
+                num_documents=4)
+    self.assertEqual(_sae_vector.sae_settings(good).d_sae, 8)
+    for change, message in ((dict(k=9), r"where\.k=9: must not exceed where\.d_sae=8"),
+                            (dict(steps=0), r"where\.steps=0: must be an int >= 1"),
+                            (dict(d_sae=8.0), r"where\.d_sae=8\.0: must be an int"),
+                            (dict(learning_rate=0.0), r"where\.learning_rate=0\.0: must be > 0")):
+      with self.subTest(change=change):
+        with self.assertRaisesRegex(BadInputError, message):
+          _sae_vector.sae_settings(dict(good, **change), where="where")
+    with self.assertRaisesRegex(BadInputError, r"expected the fields"):
+      _sae_vector.sae_settings(dict(good, extra=1))
 
 
 class CriteriaTest(parameterized.TestCase):

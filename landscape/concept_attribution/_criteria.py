@@ -5,6 +5,12 @@ when the point is None), its bounds (``bounds``, the numbers of the issue's sent
 is judged (``judge``, one of the functions below, reading only the run's own results). Each
 interval criterion is judged on its 95% interval over seeds, paired by seed: holds / fails /
 inconclusive (`landscape.analysis`). Criterion 1 counts seeds, and holds or fails.
+
+``POST_HOC`` are criteria 2, 3 and 5 judged on the style margin instead of the style rate (declared
+post hoc: the first default run saw the rate saturate at 1.0 in every update-space arm, which made
+them uninformative). The margin is measured from the base model's (each run's value at step 0), so
+zero means "no style acquired", as a rate of 0 does for the pre-registered wording; the bounds are
+the pre-registered ones. They are reported beside the pre-registered judgements, never instead.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 
 from landscape import analysis
 from landscape.concept_attribution._results import SKILL_ACCURACY
+from landscape.concept_attribution._results import STYLE_MARGIN
 from landscape.concept_attribution._results import STYLE_RATE
 from landscape.concept_attribution._results import ArmResult
 from landscape.concept_attribution._results import find
@@ -59,6 +66,8 @@ class Criterion:
   name: short, for tables. statement: the criterion in words (may use the bounds by name).
   needs: the (arm, grid point or None) it reads, in the order ``judge`` receives them.
   bounds: its numbers. judge: (criterion, the results of ``needs``, evidence) -> `Verdict`.
+  measure: the style measure judged on, where it judges one (see `acquired_style`).
+  post_hoc: empty for a pre-registered criterion; else why it was added after seeing data.
   """
 
   name: str
@@ -66,6 +75,8 @@ class Criterion:
   needs: tuple[tuple[str, dict[str, float] | None], ...]
   bounds: Mapping[str, float]
   judge: Judge
+  measure: str = STYLE_RATE
+  post_hoc: str = ""
 
   def describe(self) -> str:
     return self.statement.format(**self.bounds)
@@ -85,6 +96,20 @@ def _all_of(outcomes: Sequence[str]) -> str:
     return analysis.FAILS
   return analysis.HOLDS if all(outcome == analysis.HOLDS for outcome in outcomes) else \
       analysis.INCONCLUSIVE
+
+
+MEASURE_NAMES = {STYLE_RATE: "style rate",
+                 STYLE_MARGIN: "style margin gained over the base model (nats/token)"}
+
+
+def acquired_style(result: ArmResult, measure: str) -> np.ndarray:
+  """(S,) the style each run ends with on ``measure``: the style rate itself (the pre-registered
+  measure), or the margin minus the run's margin at step 0 (the base model's: every arm starts
+  there), so that 0 means no style acquired on both."""
+  if measure == STYLE_RATE:
+    return np.asarray(result.final[STYLE_RATE], np.float64)
+  steps, values = result.curves[measure]
+  return np.asarray(result.final[measure], np.float64) - values[int(np.argmin(steps))]
 
 
 def top_features(result: ArmResult, by_step: int, top: int) -> np.ndarray:
@@ -123,15 +148,16 @@ def judge_suppression(criterion: Criterion, needed: list[ArmResult], evidence: E
   suppress, plain = needed
   bounds = criterion.bounds
   ratio = bounds["style_ratio"]
-  style = analysis.paired_difference(suppress.final[STYLE_RATE],
-                                     ratio * plain.final[STYLE_RATE])
+  suppressed, learned = (acquired_style(suppress, criterion.measure),
+                         acquired_style(plain, criterion.measure))
+  style = analysis.paired_difference(suppressed, ratio * learned)
   skill = analysis.paired_difference(suppress.final[SKILL_ACCURACY], plain.final[SKILL_ACCURACY])
   outcomes = [analysis.judge(style, at_most=0.0),
               _within(skill, -bounds["skill_tolerance"], bounds["skill_tolerance"])]
   outcome = _all_of(outcomes)
-  sentence = (f"{criterion.name}: `{suppress.label}` style rate "
-              f"{suppress.estimate(STYLE_RATE):.3f} against plain's "
-              f"{plain.estimate(STYLE_RATE):.3f}; suppress minus {ratio:g} x plain, paired: "
+  sentence = (f"{criterion.name}: `{suppress.label}` {MEASURE_NAMES[criterion.measure]} "
+              f"{analysis.mean_interval(suppressed):.3f} against plain's "
+              f"{analysis.mean_interval(learned):.3f}; suppress minus {ratio:g} x plain, paired: "
               f"{style:+.3f} (pre-registered <= 0: {outcomes[0]}); skill accuracy minus plain's: "
               f"{skill:+.3f} (pre-registered within +-{bounds['skill_tolerance']:g}: "
               f"{outcomes[1]}): **{outcome}**.")
@@ -144,10 +170,12 @@ def judge_random_control(criterion: Criterion, needed: list[ArmResult], evidence
                          ) -> Verdict:
   del evidence
   control, plain = needed
-  tolerance = criterion.bounds["relative_change"] * float(np.mean(plain.final[STYLE_RATE]))
-  change = analysis.paired_difference(control.final[STYLE_RATE], plain.final[STYLE_RATE])
+  learned = acquired_style(plain, criterion.measure)
+  tolerance = criterion.bounds["relative_change"] * abs(float(np.mean(learned)))
+  change = analysis.paired_difference(acquired_style(control, criterion.measure), learned)
   outcome = _within(change, -tolerance, tolerance)
-  sentence = (f"{criterion.name}: `{control.label}` minus plain, style rate (paired): "
+  sentence = (f"{criterion.name}: `{control.label}` minus plain, "
+              f"{MEASURE_NAMES[criterion.measure]} (paired): "
               f"{change:+.3f}; pre-registered within +-{criterion.bounds['relative_change']:.0%} "
               f"of plain's mean ({tolerance:.3f}): **{outcome}**.")
   return Verdict(criterion.name, outcome, sentence, dict(change=dataclasses.asdict(change),
@@ -189,8 +217,9 @@ def judge_long_run(criterion: Criterion, needed: list[ArmResult], evidence: Evid
   del evidence
   suppress, plain, suppress_long, plain_long = needed
   kept = criterion.bounds["kept_fraction"]
-  effect = plain.final[STYLE_RATE] - suppress.final[STYLE_RATE]
-  effect_long = plain_long.final[STYLE_RATE] - suppress_long.final[STYLE_RATE]
+  measure = criterion.measure
+  effect = acquired_style(plain, measure) - acquired_style(suppress, measure)
+  effect_long = acquired_style(plain_long, measure) - acquired_style(suppress_long, measure)
   margin = analysis.paired_difference(effect_long, kept * effect)
   short = analysis.mean_interval(effect)
   outcome = analysis.judge(margin, at_least=0.0)
@@ -198,7 +227,8 @@ def judge_long_run(criterion: Criterion, needed: list[ArmResult], evidence: Evid
   if short.low <= 0:
     outcome = analysis.INCONCLUSIVE
     caveat = " (suppression has no effect over the short run to keep, so nothing is judged)"
-  sentence = (f"{criterion.name}: suppression's effect on the style rate (plain minus suppress) "
+  sentence = (f"{criterion.name}: suppression's effect on the {MEASURE_NAMES[measure]} (plain "
+              f"minus suppress) "
               f"{short:.3f} over {suppress.steps} steps, "
               f"{analysis.mean_interval(effect_long):.3f} over {suppress_long.steps}; long effect "
               f"minus {kept:g} x short, paired: {margin:+.3f}; pre-registered >= 0 with an effect "
@@ -248,6 +278,22 @@ PREREGISTERED = (
 )
 
 
+_MARGIN_REASON = ("added after the first default run, in which the style rate saturated at 1.0 in "
+                  "every update-space arm")
+
+
+def _on_margin(criterion: Criterion) -> Criterion:
+  number = criterion.name.split(".")[0]
+  return dataclasses.replace(
+      criterion, name=f"{number}m. {criterion.name.split('. ', 1)[1]}, on the margin",
+      statement=criterion.statement.replace("style rate", "style margin gained over the base"),
+      measure=STYLE_MARGIN, post_hoc=_MARGIN_REASON)
+
+
+POST_HOC = tuple(_on_margin(criterion) for criterion in PREREGISTERED
+                 if criterion.judge in (judge_suppression, judge_random_control, judge_long_run))
+
+
 def evaluate(criterion: Criterion, evidence: Evidence) -> Verdict:
   """Judges ``criterion`` from the run's results; NOT_RUN when an arm it reads is absent."""
   needed = [find(evidence.results, arm, point) for arm, point in criterion.needs]
@@ -264,4 +310,6 @@ def evaluate(criterion: Criterion, evidence: Evidence) -> Verdict:
 
 def evaluate_all(evidence: Evidence, criteria: Sequence[Criterion] = PREREGISTERED
                  ) -> list[Verdict]:
+  """Every criterion of ``criteria`` judged (the pre-registered ones by default; `POST_HOC`
+  separately)."""
   return [evaluate(criterion, evidence) for criterion in criteria]

@@ -154,7 +154,20 @@ def style_evaluator(setting: Setting, config: ml_collections.ConfigDict):
             "style/margin": jnp.mean(margin) / jnp.sum(scored)}
 
   compiled = jax.jit(jax.vmap(one), compiler_options=training.compiler_options())
-  return lambda params, run: compiled(params)
+  return lambda params, run: run_by_run(compiled, params)
+
+
+def run_by_run(compiled: Callable[..., Any], *stacked: Any) -> Any:
+  """``compiled`` (jitted, vmapped over a leading run axis) applied to one run at a time, its
+  outputs concatenated over runs: it is compiled for one run whatever a job's number of runs, so
+  jobs of every size share its program (the numbers are those of one vmapped call over all runs,
+  up to float32 rounding)."""
+  host = jax.tree_util.tree_map(np.asarray, stacked)
+  num_runs = jax.tree_util.tree_leaves(host)[0].shape[0]
+  outputs = [compiled(*jax.tree_util.tree_map(lambda leaf: leaf[index:index + 1], host))
+             for index in range(num_runs)]
+  return jax.tree_util.tree_map(lambda *values: np.concatenate([np.asarray(value)
+                                                                for value in values]), *outputs)
 
 
 def _cross_entropy(model, params, batch):
@@ -213,10 +226,9 @@ def source_evaluator(setting: Setting, compiled, *, live: bool):
   fixed_rows = jnp.asarray(setting.sae.W_dec, jnp.float32)
 
   def evaluate(params, run):
-    num_runs = jax.tree_util.tree_leaves(params)[0].shape[0]
-    rows = (run.refreshed[LIVE_SAE].sae.W_dec if live else
-            jnp.broadcast_to(fixed_rows, (num_runs,) + fixed_rows.shape))
-    return compiled(params, rows)
+    if live:
+      return run_by_run(compiled, params, run.refreshed[LIVE_SAE].sae.W_dec)
+    return run_by_run(lambda params: compiled(params, fixed_rows[None]), params)
 
   return evaluate
 
@@ -224,22 +236,22 @@ def source_evaluator(setting: Setting, compiled, *, live: bool):
 def feature_evaluator(setting: Setting):
   """``(params, run) -> {"features/mean_code"}`` (S, F): the base SAE's mean code of every feature
   on the fine-tuning probe set, at the current parameters."""
-  inputs = jnp.asarray(setting.probes["finetune"]["inputs"])
+  inputs = jnp.asarray(setting.probes.finetune["inputs"])
   model, site, sae = setting.model, setting.site, setting.sae
   compiled = jax.jit(jax.vmap(lambda params: jnp.mean(site_codes(sae, model, params, inputs, site),
                                                       axis=0)),
                      compiler_options=training.compiler_options())
-  return lambda params, run: {"features/mean_code": compiled(params)}
+  return lambda params, run: {"features/mean_code": run_by_run(compiled, params)}
 
 
 def style_decodability(setting: Setting, config: ml_collections.ConfigDict):
   """A linear probe's measurement of the style (plain or pirate) at every site, at the last
   position (`directions.make_decodability`): compiled once, shared by every arm."""
   probes = setting.probes
-  batch = {"inputs": np.concatenate([probes["style_plain"]["inputs"],
-                                     probes["style_pirate"]["inputs"]]),
-           "style": np.concatenate([probes["style_plain"]["style"],
-                                    probes["style_pirate"]["style"]])}
+  batch = {"inputs": np.concatenate([probes.style_plain["inputs"],
+                                     probes.style_pirate["inputs"]]),
+           "style": np.concatenate([probes.style_plain["style"],
+                                    probes.style_pirate["style"]])}
   return directions.make_decodability(
       setting.model, batch, field="style", sites=setting.model.site_names, position=-1,
       heldout_fraction=0.5, l2=1e-2, steps=config.decodability_steps,
@@ -261,8 +273,8 @@ def decodability_evaluator(measure, final_step: int):
 
 @dataclasses.dataclass(frozen=True)
 class Evaluators:
-  """The measurements every arm's evaluations run, built once so that arms with the same number
-  of runs share their compiled programs."""
+  """The measurements every job's evaluations run, built once and compiled for one run (see
+  `run_by_run`; the decodability probes are run by run too), so that every job shares them."""
 
   style: Callable[..., Any]
   sources: Callable[..., Any]
@@ -294,7 +306,7 @@ def attribution_overhead(setting: Setting, config: ml_collections.ConfigDict, *,
   batch = setting.finetune.sample(setting.finetune.arrays, jax.random.PRNGKey(0),
                                   jnp.zeros((), jnp.int32), config.batch_size)
   params = jax.tree_util.tree_map(jnp.asarray, setting.base_params)
-  probe = setting.probes["finetune"]["inputs"][:config.code_change_examples]
+  probe = setting.probes.finetune["inputs"][:config.code_change_examples]
   chains = {
       "without": optax.adam(config.learning_rate),
       "with": optax.chain(optax.adam(config.learning_rate),

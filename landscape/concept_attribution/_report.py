@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from landscape import analysis
 from landscape import training
 from landscape.concept_attribution._arms import ARM_REGISTRY
+from landscape.concept_attribution._criteria import POST_HOC
 from landscape.concept_attribution._criteria import PREREGISTERED
 from landscape.concept_attribution._criteria import Evidence
 from landscape.concept_attribution._criteria import Verdict
@@ -172,10 +173,12 @@ def _band(axis, steps, values, color, label, linestyle="-"):
 
 def figure_attribution(results: Sequence[ArmResult], masks: dict[str, np.ndarray], path: str
                        ) -> None:
-  """Per arm (plain, plain_live, suppress, amplify, when run): each group's share of the update
+  """Per arm (plain, plain_live, suppress, suppress_live, amplify, when run): each group's share
+  of the update
   over training, mean over seeds with its 95% band."""
   shown = [result for result in (find(results, arm) for arm in
-                                 ("plain", "plain_live", "suppress", "amplify")) if result]
+                                 ("plain", "plain_live", "suppress", "suppress_live",
+                                  "amplify")) if result]
   figure = Figure(figsize=(4.5 * max(len(shown), 1), 3.8))
   axes = figure.subplots(1, max(len(shown), 1), squeeze=False)[0]
   for axis, result in zip(axes, shown):
@@ -230,7 +233,7 @@ def figure_style_and_skill(results: Sequence[ArmResult], path: str) -> None:
 
 
 def _setting_lines(setting: Setting, config: ml_collections.ConfigDict) -> list[str]:
-  groups, stability = setting.groups, setting.stability
+  groups, stability, sae = setting.groups, setting.stability, setting.sae_metrics
   addend = config.world.addend
   problem = "`a + b = c`, b uniform" if addend < 0 else f"`a + {addend} = c`"
   lines = [
@@ -241,21 +244,21 @@ def _setting_lines(setting: Setting, config: ml_collections.ConfigDict) -> list[
       f"pre-trained {config.pretrain.steps} steps on plain text whose sums have random answers. "
       f"TopK SAE ({config.sae.d_sae} features, k = {config.sae.k}) at `{setting.site}`, trained "
       f"on the base model's activations over text of both dialects: FVE "
-      f"{setting.sae_metrics['fve']:.3f}, L0 {setting.sae_metrics['l0']:.1f}, dead fraction "
-      f"{setting.sae_metrics['dead_fraction']:.3f}. Fine-tuning: {config.steps} steps of correct "
+      f"{sae.fve:.3f}, L0 {sae.l0:.1f}, dead fraction "
+      f"{sae.dead_fraction:.3f}. Fine-tuning: {config.steps} steps of correct "
       f"sums, styled with probability {config.finetune.style_rate:g}.", "",
       f"Labelling: the {config.group_size} features of highest paired t statistic of their mean "
       "code, pirate minus plain (one content in both dialects), are the style group; of the rest, "
       "the highest Welch t statistic, correct sums against no arithmetic, the skill group. Style "
       f"features {groups.style.tolist()}, skill {groups.skill.tolist()}, random control "
       f"{groups.random.tolist()}, activation-only control {groups.by_activation.tolist()}."]
-  if stability.get("num_saes", 1) > 1:
-    lines += ["", f"Stability across {stability['num_saes']} SAE seeds: mean over the first SAE's "
+  if stability.style is not None and stability.skill is not None:
+    lines += ["", f"Stability across {stability.num_saes} SAE seeds: mean over the first SAE's "
               "style features of the largest |cosine| with another seed's style features "
-              f"{stability['style']['matched_cosine']:.3f} (with its random features: "
-              f"{stability['style']['random_cosine']:.3f}); skill "
-              f"{stability['skill']['matched_cosine']:.3f} (random "
-              f"{stability['skill']['random_cosine']:.3f})."]
+              f"{stability.style.matched_cosine:.3f} (with its random features: "
+              f"{stability.style.random_cosine:.3f}); skill "
+              f"{stability.skill.matched_cosine:.3f} (random "
+              f"{stability.skill.random_cosine:.3f})."]
   return lines
 
 
@@ -290,37 +293,46 @@ def _block_lines(results: Sequence[ArmResult]) -> list[str]:
   suppress = find(results, "suppress", {"style_gain": 0.0})
   lines = ["## Suppression as a block", "",
            "Suppressing the update's components along the style features is a block in update "
-           "space (the flagship's `project_*` arms at the level of SAE features). Style rate and "
-           "skill accuracy of each alternative minus suppression's, paired by seed:", ""]
+           "space (the flagship's `project_*` arms at the level of SAE features). Style rate, style "
+           "margin and skill accuracy of each alternative minus suppression's, paired by seed:", ""]
   if suppress is None:
     return lines + ["(suppress was not run)"]
-  for arm in ("ablate", "steering", "concept_penalty"):
-    other = find(results, arm)
+  for arm in ("suppress_live", "ablate", "steering", "concept_penalty"):
+    other = find(results, arm, {"style_gain": 0.0} if arm == "suppress_live" else None)
     if other is None:
       continue
     style = analysis.paired_difference(other.final[STYLE_RATE], suppress.final[STYLE_RATE])
+    margin = analysis.paired_difference(other.final[STYLE_MARGIN], suppress.final[STYLE_MARGIN])
     skill = analysis.paired_difference(other.final[SKILL_ACCURACY],
                                        suppress.final[SKILL_ACCURACY])
-    lines.append(f"- `{other.label}` minus `{suppress.label}`: style rate {style:+.3f}, skill "
-                 f"accuracy {skill:+.3f}.")
+    lines.append(f"- `{other.label}` minus `{suppress.label}`: style rate {style:+.3f}, style "
+                 f"margin {margin:+.2f}, skill accuracy {skill:+.3f}.")
   return lines
 
 
-def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict], checks: Checks, *,
+def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict],
+             post_hoc: Sequence[Verdict], checks: Checks, *,
              setting: Setting, config: ml_collections.ConfigDict, masks: dict[str, np.ndarray],
              seconds: float, device: str, command: str, overhead: dict[str, float] | None) -> str:
   lines = ["# What is each update teaching? Concept attribution over SAE features", "",
            f"Command: `{command}`", "",
-           f"{config.num_seeds} seeds per arm, each arm's seeds and grid points trained together "
-           "in one compiled program, warm-started from one base model; means with 95% "
-           f"t-intervals over seeds. Wall time of this invocation {seconds:.0f} s on {device} "
+           f"{config.num_seeds} seeds per arm; the arms of one job (arms that differ only in "
+           "which features their gains act on and in the gains) trained together, every seed "
+           "and grid point in one compiled program, warm-started from one base model; means "
+           "with 95% t-intervals over seeds. "
+           f"Wall time of this invocation {seconds:.0f} s on {device} "
            "(parts finished by an earlier invocation are read back, not retrained).", "",
            *_setting_lines(setting, config), "",
-           "Attribution: the projection onto each SAE decoder row of the update of the matrices "
-           "writing into the site (`transforms.attribute`), logged every "
+           "Attribution (`transforms.attribute` over the SAE's decoder as a dictionary, after "
+           "the arm's gains: the update applied): U stacks the update's vectors along the "
+           "site's axis of every matrix and bias that writes into the site; feature k's "
+           "magnitude is ||U d_k||, the update projected onto its decoder row d_k, and its share "
+           "||U d_k||^2 / (||U||^2 ||d_k||^2). Each feature is measured on its own row: this is "
+           "neither a decomposition of the update into a sum over features (the rows are "
+           "overcomplete and not orthogonal, so the shares of all features need not sum to 1) "
+           "nor the SAE's encoder. Logged every "
            f"{config.attribution_log_every} steps; a group's share is the sum of its features' "
-           "shares ||U d_k||^2 / (||U||^2 ||d_k||^2) (the shares of all features need not sum to "
-           "1: the decoder is overcomplete). Style rate: the fraction of held-out arithmetic "
+           "shares. Style rate: the fraction of held-out arithmetic "
            "prompts (a correct sum) whose styled continuation the model finds more probable than "
            "the plain one; style margin: the mean log-probability difference per scored token.", "",
            "Criteria (pre-registered): " + "; ".join(
@@ -330,6 +342,13 @@ def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict], checks: 
            results_table(results, masks, config.skill_threshold), "",
            *arm_lines(results), "", "Criteria:", ""]
   lines += [f"- {verdict.sentence}" for verdict in verdicts]
+  lines += ["", "Post hoc, declared (not pre-registered): criteria "
+            + ", ".join(criterion.name.split(".")[0] for criterion in POST_HOC)
+            + " are criteria 2, 3 and 5 with their pre-registered bounds, judged on the style "
+            "margin gained over the base model (each run's margin minus its margin at step 0) "
+            f"instead of the style rate; {POST_HOC[0].post_hoc}. The margin does not saturate. "
+            "The pre-registered judgements above stand as they are:", ""]
+  lines += [f"- {verdict.sentence}" for verdict in post_hoc]
   lines += ["", *_checks_lines(checks), "", *_block_lines(results), "",
             "## Decodability of the style after fine-tuning", "",
             "Held-out accuracy of a linear probe for the dialect at the last position (chance "
@@ -359,15 +378,17 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, setting: Setting, 
           seconds: float, command: str | None = None,
           overhead: dict[str, float] | None = None) -> dict[str, Any]:
   """Writes report.md, the figures, summary.json and metrics.jsonl; returns the summary."""
-  results = load_results(workdir, arms, setting.site)
+  results = load_results(workdir, arms, setting.site, config)
   masks = {group: mask for group, mask in setting.groups.masks(setting.sae.d_sae).items()
            if group in GROUPS + ("random",)}
-  verdicts = evaluate_all(Evidence(results, masks, config.skill_threshold))
+  evidence = Evidence(results, masks, config.skill_threshold)
+  verdicts = evaluate_all(evidence)
+  post_hoc = evaluate_all(evidence, POST_HOC)
   checks = attribution_checks(results, masks)
   figure_attribution(results, masks, os.path.join(workdir, "attribution.png"))
   figure_sources(results, os.path.join(workdir, "sources.png"))
   figure_style_and_skill(results, os.path.join(workdir, "style_and_skill.png"))
-  text = markdown(results, verdicts, checks, setting=setting, config=config, masks=masks,
+  text = markdown(results, verdicts, post_hoc, checks, setting=setting, config=config, masks=masks,
                   seconds=seconds, device=_device(), command=command or DEFAULT_COMMAND,
                   overhead=overhead)
   with open(os.path.join(workdir, "report.md"), "w") as handle:
@@ -376,8 +397,9 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, setting: Setting, 
   summary = {
       "seconds": seconds, "num_seeds": config.num_seeds,
       "criteria": [verdict.as_dict() for verdict in verdicts],
-      "groups": setting.groups.as_dict(), "stability": setting.stability,
-      "sae": setting.sae_metrics, "overhead": overhead,
+      "post_hoc_criteria": [verdict.as_dict() for verdict in post_hoc],
+      "groups": setting.groups.as_dict(), "stability": dataclasses.asdict(setting.stability),
+      "sae": dataclasses.asdict(setting.sae_metrics), "overhead": overhead,
       "checks": {"rank_correlation": estimate(checks.rank_correlation),
                  "code_change_correlation": estimate(checks.code_change_correlation),
                  "code_change_style_in_top": checks.code_change_style_in_top,

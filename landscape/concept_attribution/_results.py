@@ -1,7 +1,10 @@
-"""Reading each arm's results back from its workdir: one `ArmResult` per arm and grid point.
+"""Reading each arm's results back from its job's workdir: one `ArmResult` per arm and grid
+point.
 
 Everything the report needs is read from the files `training.train` wrote (summary.json and
-metrics.jsonl), so a fresh run and one resumed from finished arms report the same way.
+metrics.jsonl), so a fresh run and one resumed from finished jobs report the same way. A job's
+runs are told apart by their hyper-parameters (`_arms.runs_of`): each arm's index and the job's
+values for its points.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from landscape import analysis
 from landscape import training
+from landscape.concept_attribution._arms import ARM_REGISTRY
 from landscape.concept_attribution._arms import FAMILIES
+from landscape.concept_attribution._arms import runs_of
+from landscape.sites import BadInputError
 
 STYLE_RATE = "style/rate"
 STYLE_MARGIN = "style/margin"
@@ -67,16 +74,20 @@ def _per_run(value: Any, num_runs: int) -> np.ndarray:
   return np.full(num_runs, float(values)) if values.ndim == 0 else values
 
 
-def load_arm(workdir: str, arm: str, site: str) -> list[ArmResult]:
-  """Every grid point of ``workdir/arms/arm``, in grid order."""
-  arm_dir = os.path.join(workdir, "arms", arm)
-  with open(os.path.join(arm_dir, "summary.json")) as handle:
+def load_arm(workdir: str, arm: str, site: str, config: ml_collections.ConfigDict
+             ) -> list[ArmResult]:
+  """Every grid point of ``arm``, in grid order, read from ``workdir/arms/{its job}``.
+
+  Raises:
+    BadInputError: when the job's runs hold no run of one of the arm's points (a job trained with
+      another config).
+  """
+  job_dir = os.path.join(workdir, "arms", ARM_REGISTRY[arm].job)
+  with open(os.path.join(job_dir, "summary.json")) as handle:
     summary = json.load(handle)
   runs = summary["runs"]
   num_runs = len(runs)
-  points = [{key: value for key, value in run.items() if key != "seed"} for run in runs]
-  grid = [point for index, point in enumerate(points) if point not in points[:index]]
-  rows = training.read_jsonl(os.path.join(arm_dir, "metrics.jsonl"))
+  rows = training.read_jsonl(os.path.join(job_dir, "metrics.jsonl"))
   eval_rows = [row for row in rows if SKILL_ACCURACY in row]
   names = {}
   for row in rows:
@@ -85,8 +96,9 @@ def load_arm(workdir: str, arm: str, site: str) -> list[ArmResult]:
         names.setdefault(name.rsplit("/", 1)[1], name)
   transform_rows = [row for row in rows if names.get("share") in row]
   results = []
-  for point in grid:
-    kept = [index for index, other in enumerate(points) if other == point]
+  for point, kept in runs_of(runs, arm, config):
+    if not kept:
+      raise BadInputError(f"{job_dir}: no run of arm {arm!r} at {point}; its runs are {runs}")
     final = {name: _per_run(value, num_runs)[kept] for name, value in summary.items()
              if name.startswith(("eval/", "style/", "source/", "decodability/"))}
     curves = {}
@@ -102,16 +114,17 @@ def load_arm(workdir: str, arm: str, site: str) -> list[ArmResult]:
         values = np.stack([np.asarray(row[name], np.float64)[kept] for row in transform_rows])
         attribution[kind] = (steps, values)
     mean_code = np.stack([np.asarray(row[MEAN_CODE], np.float64)[kept] for row in eval_rows])
-    results.append(ArmResult(arm=arm, family=FAMILIES[arm], point=point,
+    results.append(ArmResult(arm=arm, family=FAMILIES[arm], point=dict(sorted(point.items())),
                              seeds=[runs[index]["seed"] for index in kept],
                              steps=int(summary["step"]), final=final, curves=curves,
                              attribution=attribution, mean_code=mean_code))
   return results
 
 
-def load_results(workdir: str, arms: Sequence[str], site: str) -> list[ArmResult]:
+def load_results(workdir: str, arms: Sequence[str], site: str,
+                 config: ml_collections.ConfigDict) -> list[ArmResult]:
   """Every arm's grid points, arms in the order given."""
-  return [result for arm in arms for result in load_arm(workdir, arm, site)]
+  return [result for arm in arms for result in load_arm(workdir, arm, site, config)]
 
 
 def find(results: Sequence[ArmResult], arm: str, point: dict[str, float] | None = None

@@ -15,32 +15,31 @@ from landscape import objectives
 from landscape import training
 from landscape.concept_attribution import _measures as measures
 from landscape.concept_attribution import _report as report
-from landscape.concept_attribution._arms import ARM_REGISTRY
 from landscape.concept_attribution._arms import ARMS
-from landscape.concept_attribution._arms import plan_arm
+from landscape.concept_attribution._arms import job_arms
+from landscape.concept_attribution._arms import job_grid
+from landscape.concept_attribution._arms import job_steps
+from landscape.concept_attribution._arms import jobs_of
+from landscape.concept_attribution._arms import plan_job
 from landscape.concept_attribution._setting import Setting
 from landscape.concept_attribution._setting import build_setting
 from landscape.training import ConfigError
 
-# Config fields that shape every arm's runs beyond the loop's own (recorded in each arm's
+# Config fields that shape every job's runs beyond the loop's own (recorded in each job's
 # config.json, so a rerun with any of them changed is refused rather than resumed).
 SETTING_FIELDS = ("world", "model", "site", "pretrain", "sae", "finetune", "group_size", "roles",
                   "grids", "live", "learning_rate", "eval_size", "probe_size", "probe_seed",
                   "source_batch_size", "decodability_steps", "long_factor", "code_change_examples")
 
 
-def arm_steps(config: ml_collections.ConfigDict, arm: str) -> int:
-  return config.steps * ARM_REGISTRY[arm].steps_factor(config)
-
-
-def loop_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.ConfigDict:
-  """The training loop's fields for ``arm``: ``config.evaluations`` equally spaced evaluations
+def loop_config(config: ml_collections.ConfigDict, job: str) -> ml_collections.ConfigDict:
+  """The training loop's fields for ``job``: ``config.evaluations`` equally spaced evaluations
   (and one at step 0), the attribution logged every ``attribution_log_every`` steps, one
-  checkpoint at the end; the setting and the arm recorded as ``experiment``."""
+  checkpoint at the end; the setting, the job and its arms recorded as ``experiment``."""
   loop = training.loop_config()
   loop.seed = config.seed
   loop.num_seeds = config.num_seeds
-  loop.steps = arm_steps(config, arm)
+  loop.steps = job_steps(job, config)
   loop.batch_size = config.batch_size
   loop.eval_every = max(1, loop.steps // config.evaluations)
   loop.steps_per_call = loop.eval_every
@@ -51,13 +50,9 @@ def loop_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.C
   identity = {field: (config[field].to_dict()
                       if isinstance(config[field], ml_collections.ConfigDict) else config[field])
               for field in SETTING_FIELDS}
-  loop.experiment = ml_collections.ConfigDict(dict(arm=arm, **identity))
+  loop.experiment = ml_collections.ConfigDict(dict(job=job, arms=",".join(job_arms(job)),
+                                                   **identity))
   return loop
-
-
-def _hparam_grid(config: ml_collections.ConfigDict, arm: str) -> list[dict[str, float]] | None:
-  grid = ARM_REGISTRY[arm].grid(config)
-  return grid if grid != [{}] else None
 
 
 def check_earlier_run(workdir: str, loop: ml_collections.ConfigDict,
@@ -69,31 +64,33 @@ def check_earlier_run(workdir: str, loop: ml_collections.ConfigDict,
       training.check_resumed_config(loop, json.load(handle), hparam_grid)
 
 
-def run_arm(arm: str, setting: Setting, config: ml_collections.ConfigDict, workdir: str,
+def run_job(job: str, setting: Setting, config: ml_collections.ConfigDict, workdir: str,
             evaluators: measures.Evaluators) -> None:
-  """Trains one arm (all its grid points and seeds in one program) unless it already finished."""
-  arm_dir = os.path.join(workdir, "arms", arm)
-  loop = loop_config(config, arm)
-  plan = plan_arm(arm, setting, config)
-  if training.finished_run(loop, arm_dir, model=setting.model, objective=plan.objective,
+  """Trains one job (every point of its arms' grids, with every seed, in one program) unless it
+  already finished."""
+  job_dir = os.path.join(workdir, "arms", job)
+  loop = loop_config(config, job)
+  plan = plan_job(job, setting, config)
+  grid = job_grid(job, config)
+  if training.finished_run(loop, job_dir, model=setting.model, objective=plan.objective,
                            optimizer=plan.optimizer, dataset=plan.dataset,
-                           refreshers=plan.refreshers, hparam_grid=_hparam_grid(config, arm),
+                           refreshers=plan.refreshers, hparam_grid=grid,
                            initial_params=setting.base_params):
-    logging.info("%s: finished before, reading its results", arm)
+    logging.info("%s: finished before, reading its results", job)
     return
   start = time.perf_counter()
-  training.train(loop, arm_dir, model=setting.model, objective=plan.objective,
+  training.train(loop, job_dir, model=setting.model, objective=plan.objective,
                  optimizer=plan.optimizer, dataset=plan.dataset, refreshers=plan.refreshers,
                  optimizer_extra_args=plan.optimizer_extra_args,
                  eval_metrics=objectives.CLASSIFICATION_METRICS,
                  evaluators=evaluators.for_arm(setting, live=plan.live, final_step=loop.steps),
-                 hparam_grid=_hparam_grid(config, arm), initial_params=setting.base_params,
-                 progress=False)
-  logging.info("%s: %.1f s", arm, time.perf_counter() - start)
+                 hparam_grid=grid, initial_params=setting.base_params, progress=False)
+  logging.info("%s (%s): %.1f s", job, ", ".join(job_arms(job)), time.perf_counter() - start)
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
-  """The arms to run; ConfigError naming the field for anything unknown or impossible."""
+  """The arms to run; ConfigError naming the field for anything unknown or impossible, every
+  job's training loop included (`training.validate_loop_config`). Builds and trains nothing."""
   arms = [name for name in config.arms.split(",") if name]
   unknown = sorted(set(arms) - set(ARMS))
   if unknown or not arms:
@@ -120,6 +117,9 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   for name in ("suppress", "amplify", "steering", "concept_penalty"):
     if not config.grids[name]:
       raise ConfigError(f"config.grids.{name}=(): give one or more values")
+  for job in jobs_of(arms):
+    training.validate_loop_config(loop_config(config, job),
+                                  num_runs=config.num_seeds * len(job_grid(job, config)))
   return arms
 
 
@@ -129,24 +129,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   report.
 
   Writes, under ``workdir``: ``base/`` (the base model's run), ``sae/`` (the SAEs, their labels
-  and stability), ``arms/{arm}/`` (each arm's metrics.jsonl, summary.json, checkpoints),
+  and stability), ``arms/{job}/`` (each job's metrics.jsonl, summary.json, checkpoints: its runs
+  are every point of its arms' grids, each with every seed; see `_arms.JOB_REGISTRY`; asking for
+  one arm of a job trains all of them, they share its program),
   ``report.md`` with its PNG figures, ``metrics.jsonl`` (one row per arm and grid point) and
   ``summary.json`` (the table, the attribution checks and the criteria). ``command`` is what the
   report says produced the run.
   """
   arms = validate(config)
-  for arm in arms:
-    loop = loop_config(config, arm)
-    num_runs = config.num_seeds * len(ARM_REGISTRY[arm].grid(config))
-    training.validate_loop_config(loop, num_runs=num_runs)
-    # Refused before the setting is built: a different setting in an arm's directory.
-    check_earlier_run(os.path.join(workdir, "arms", arm), loop, _hparam_grid(config, arm))
+  jobs = jobs_of(arms)
+  for job in jobs:  # refused before the setting is built: a different setting in a job's directory
+    check_earlier_run(os.path.join(workdir, "arms", job), loop_config(config, job),
+                      job_grid(job, config))
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
   setting = build_setting(config, workdir)
   evaluators = measures.make_evaluators(setting, config)
-  for arm in arms:
-    run_arm(arm, setting, config, workdir, evaluators)
+  for job in jobs:
+    run_job(job, setting, config, workdir, evaluators)
   seconds = time.perf_counter() - start
   overhead = (measures.attribution_overhead(setting, config, repeats=config.overhead_repeats)
               if config.overhead_repeats else None)

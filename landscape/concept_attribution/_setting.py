@@ -28,6 +28,8 @@ from landscape import training
 from landscape.data import _pirate_arithmetic as pirate
 
 GROUPS = ("style", "skill", "other")
+# The `FeatureGroups` fields a gain can act on, in the order of `FeatureSpans.bases_GxRxD`.
+FEATURE_SETS = ("style", "skill", "random", "by_activation")
 SAE_GROUP = "sae"
 
 
@@ -67,13 +69,74 @@ class FeatureGroups:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProbeSets:
+  """The fixed probe batches (NumPy, fields of `pirate_arithmetic.as_batch`), drawn from keys apart
+  from every training stream's.
+
+  style_plain, style_pirate: one content (arithmetic with correct answers in half the examples)
+    rendered in each dialect. skill_with: correct sums; skill_without: no arithmetic; both plain.
+  finetune: the fine-tuning mix.
+  """
+
+  style_plain: dict[str, np.ndarray]
+  style_pirate: dict[str, np.ndarray]
+  skill_with: dict[str, np.ndarray]
+  skill_without: dict[str, np.ndarray]
+  finetune: dict[str, np.ndarray]
+
+  def items(self) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """(name, batch) for every probe set, in field order."""
+    return [(field.name, getattr(self, field.name)) for field in dataclasses.fields(self)]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupStability:
+  """How one feature group of the first SAE reappears in the SAEs of other seeds (see
+  `labelling_stability`): its mean best |cosine| with their same group, and with their random
+  features (the level two unrelated sets reach)."""
+
+  matched_cosine: float
+  random_cosine: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LabellingStability:
+  """The labelling's agreement across ``num_saes`` SAE seeds, per group (`GroupStability`; None
+  for one SAE)."""
+
+  num_saes: int
+  style: GroupStability | None = None
+  skill: GroupStability | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEMetrics:
+  """The first SAE's statistics on held-out activations: fraction of variance explained, mean
+  number of active features per token, and the fraction of features never active."""
+
+  fve: float
+  l0: float
+  dead_fraction: float
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FeatureSpans:
+  """Orthonormal bases of the spans of each feature set's decoder rows at the site, stacked in
+  the order of ``FEATURE_SETS``: (G, R, D), R the group size (rows past a span's rank are zero).
+
+  The value the gain jobs' runs hold as state (`_arms.feature_spans`, kept by `training.FixedValue`)
+  and pick their spans from: data of the compiled program, so arms that differ only in which
+  features they scale share one program.
+  """
+
+  bases_GxRxD: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
 class Setting:
   """Everything the arms share.
 
-  probes: named NumPy batches drawn from fixed keys: ``style_plain`` and ``style_pirate`` (one
-    content, arithmetic with correct answers in half the examples, in each dialect),
-    ``skill_with`` (correct sums) and ``skill_without`` (no arithmetic), both plain, and
-    ``finetune`` (the fine-tuning mix).
   saes: every SAE trained on the base model (label -> SAE); ``sae`` is the first, the one the arms
     use. stability: how the labelling agrees across the SAEs' seeds.
   """
@@ -85,11 +148,11 @@ class Setting:
   sae: Any
   saes: dict[str, Any]
   groups: FeatureGroups
-  stability: dict[str, Any]
+  stability: LabellingStability
   finetune: data.Dataset
   oracle: data.Dataset
-  probes: dict[str, dict[str, np.ndarray]]
-  sae_metrics: dict[str, float]
+  probes: ProbeSets
+  sae_metrics: SAEMetrics
 
 
 def make_world(config: ml_collections.ConfigDict) -> data.PirateArithmetic:
@@ -116,9 +179,8 @@ def finetune_dataset(config: ml_collections.ConfigDict, world: data.PirateArithm
       answer_weight=settings.answer_weight, name=name, eval_size=config.eval_size)
 
 
-def probe_sets(config: ml_collections.ConfigDict,
-               world: data.PirateArithmetic) -> dict[str, dict[str, np.ndarray]]:
-  """The fixed probe batches (see `Setting`), from keys apart from every training stream's."""
+def probe_sets(config: ml_collections.ConfigDict, world: data.PirateArithmetic) -> ProbeSets:
+  """The fixed probe batches (see `ProbeSets`), ``config.probe_size`` examples each."""
   size = config.probe_size
   key = jax.random.PRNGKey(config.probe_seed)
   keys = jax.random.split(key, 4)
@@ -130,11 +192,11 @@ def probe_sets(config: ml_collections.ConfigDict,
       world, arithmetic_rate=config.finetune.arithmetic_rate, correct_rate=1.0,
       style_rate=config.finetune.style_rate,
       answer_weight=config.finetune.answer_weight)(keys[3], size)
-  return dict(style_plain=numpy(pirate.as_batch(world, style_content, False)),
-              style_pirate=numpy(pirate.as_batch(world, style_content, True)),
-              skill_with=numpy(pirate.as_batch(world, with_skill, False)),
-              skill_without=numpy(pirate.as_batch(world, without_skill, False)),
-              finetune=numpy(finetune))
+  return ProbeSets(style_plain=numpy(pirate.as_batch(world, style_content, False)),
+                   style_pirate=numpy(pirate.as_batch(world, style_content, True)),
+                   skill_with=numpy(pirate.as_batch(world, with_skill, False)),
+                   skill_without=numpy(pirate.as_batch(world, without_skill, False)),
+                   finetune=numpy(finetune))
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str, world: data.PirateArithmetic,
@@ -168,9 +230,8 @@ def site_codes(sae: Any, model: models.Model, params: Any, inputs: jax.Array, si
   return jnp.mean(sae.encode(acts[site].astype(jnp.float32)), axis=1)
 
 
-def label_features(sae: Any, model: models.Model, params: Any,
-                   probes: Mapping[str, Mapping[str, np.ndarray]], *, site: str, group_size: int,
-                   seed: int) -> FeatureGroups:
+def label_features(sae: Any, model: models.Model, params: Any, probes: ProbeSets, *, site: str,
+                   group_size: int, seed: int) -> FeatureGroups:
   """Style and skill features by activation difference between probe sets.
 
   Style score: the paired t statistic over examples of (mean code styled - mean code plain), one
@@ -204,7 +265,7 @@ def label_features(sae: Any, model: models.Model, params: Any,
 
 
 def labelling_stability(saes: Mapping[str, Any], labelled: Mapping[str, FeatureGroups]
-                        ) -> dict[str, Any]:
+                        ) -> LabellingStability:
   """How the first SAE's style and skill features reappear in the SAEs of other seeds.
 
   For each group, the mean over its features of the largest |cosine| between its decoder row and
@@ -218,10 +279,10 @@ def labelling_stability(saes: Mapping[str, Any], labelled: Mapping[str, FeatureG
     rows = np.asarray(rows, np.float64)
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
-  result = {"num_saes": len(labels)}
   if len(labels) < 2:
-    return result
+    return LabellingStability(num_saes=len(labels))
   decoder = unit(saes[first].W_dec)
+  result = {}
   for group in ("style", "skill"):
     matched, chance = [], []
     for other in labels[1:]:
@@ -229,9 +290,9 @@ def labelling_stability(saes: Mapping[str, Any], labelled: Mapping[str, FeatureG
       mine = decoder[getattr(labelled[first], group)]
       matched.append(np.abs(mine @ other_decoder[getattr(labelled[other], group)].T).max(1).mean())
       chance.append(np.abs(mine @ other_decoder[labelled[other].random].T).max(1).mean())
-    result[group] = dict(matched_cosine=float(np.mean(matched)),
-                         random_cosine=float(np.mean(chance)))
-  return result
+    result[group] = GroupStability(matched_cosine=float(np.mean(matched)),
+                                   random_cosine=float(np.mean(chance)))
+  return LabellingStability(num_saes=len(labels), **result)
 
 
 def _sae_dataset(config: ml_collections.ConfigDict, world: data.PirateArithmetic) -> data.Dataset:
@@ -242,7 +303,7 @@ def _sae_dataset(config: ml_collections.ConfigDict, world: data.PirateArithmetic
 
 
 def train_saes(config: ml_collections.ConfigDict, model: models.Model, params: Any,
-               world: data.PirateArithmetic, site: str) -> tuple[dict[str, Any], dict[str, float]]:
+               world: data.PirateArithmetic, site: str) -> tuple[dict[str, Any], SAEMetrics]:
   """``config.sae.num_seeds`` TopK SAEs on the base model's activations at ``site``, in one
   program; (label -> SAE on raw activations, the first SAE's evaluation statistics)."""
   settings = config.sae
@@ -260,8 +321,8 @@ def train_saes(config: ml_collections.ConfigDict, model: models.Model, params: A
   chunk = sae_lib.make_train_chunk(groups, source, total_steps=settings.steps)
   state, _ = chunk(state, source.arrays, settings.steps)
   stats = sae_lib.make_evaluate(groups)(state, jnp.asarray(source.eval_acts))[SAE_GROUP]
-  metrics = {name: float(np.asarray(getattr(stats, name))[0]) for name in ("fve", "l0",
-                                                                           "dead_fraction")}
+  metrics = SAEMetrics(**{field.name: float(np.asarray(getattr(stats, field.name))[0])
+                          for field in dataclasses.fields(SAEMetrics)})
   return sae_lib.trained_saes(groups, state), metrics
 
 
@@ -303,12 +364,12 @@ def build_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
       raise training.ConfigError(f"config.sae / config.site differ from the SAEs in {sae_dir} "
                                  f"({index['identity']}); use a fresh --workdir")
     saes = _load_saes(os.path.join(sae_dir, "saes.npz"), index["labels"], config, d_in)
-    sae_metrics = index["metrics"]
+    sae_metrics = SAEMetrics(**index["metrics"])
   else:
     saes, sae_metrics = train_saes(config, model, base_params, world, site)
     _save_saes(os.path.join(sae_dir, "saes.npz"), saes)
     training.write_json_atomically(index_path, dict(identity=identity, labels=list(saes),
-                                                    metrics=sae_metrics))
+                                                    metrics=dataclasses.asdict(sae_metrics)))
   probes = probe_sets(config, world)
   labelled = {label: label_features(sae, model, base_params, probes, site=site,
                                     group_size=config.group_size, seed=config.seed + 1000)
@@ -317,8 +378,9 @@ def build_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
   groups = labelled[first]
   stability = labelling_stability(saes, labelled)
   training.write_json_atomically(os.path.join(sae_dir, "features.json"),
-                                 dict(groups=groups.as_dict(), stability=stability,
-                                      sae_metrics=sae_metrics))
+                                 dict(groups=groups.as_dict(),
+                                      stability=dataclasses.asdict(stability),
+                                      sae_metrics=dataclasses.asdict(sae_metrics)))
   return Setting(world=world, model=model, site=site, base_params=base_params, sae=saes[first],
                  saes=dict(saes), groups=groups, stability=stability,
                  finetune=finetune_dataset(config, world),

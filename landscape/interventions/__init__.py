@@ -2,11 +2,12 @@
 backward-only variants; gradient reversal; gradient routing.
 
 An intervention is any function ``act -> act`` of a site's activation (these are pytrees of arrays,
-so they can be built from traced values in a jitted step). Per example: `steer_examples` adds a
-vector per example; `mask_examples` multiplies by a mask per example, in the forward pass, the
-backward pass, or both. Gradient routing (Cloud et al., 2024, arXiv 2410.04332) is the backward-only
-mask, `route_gradients`: the forward pass is unchanged and example b's gradient reaches only the
-parameters behind the coordinates its mask keeps.
+so they can be built from traced values in a jitted step). `steer` adds its vector at every
+position, or with ``positions`` at chosen positions of the sequence axis only. Per example:
+`steer_examples` adds a vector per example; `mask_examples` multiplies by a mask per example, in
+the forward pass, the backward pass, or both. Gradient routing (Cloud et al., 2024, arXiv
+2410.04332) is the backward-only mask, `route_gradients`: the forward pass is unchanged and example
+b's gradient reaches only the parameters behind the coordinates its mask keeps.
 """
 
 from landscape.interventions._interventions import Ablate

@@ -54,13 +54,52 @@ class Ablate:
     return act - (centred @ basis.T) @ basis
 
 
+def _check_positions(positions: Any, *, what: str) -> tuple[int, ...] | None:
+  """``positions`` as a tuple of ints (None stays None); BadInputError naming anything else."""
+  if positions is None:
+    return None
+  is_int = lambda value: (isinstance(value, (int, np.integer))
+                          and not isinstance(value, (bool, np.bool_)))
+  if is_int(positions):
+    return (int(positions),)
+  if (not isinstance(positions, (tuple, list, np.ndarray)) or np.ndim(positions) != 1
+      or not len(positions) or not all(is_int(position) for position in positions)):
+    raise BadInputError(f"{what}: positions={positions!r}; expected None (every position), an int "
+                        "or a non-empty sequence of ints indexing axis 1 (the sequence axis)")
+  return tuple(int(position) for position in positions)
+
+
+def _position_indices(positions: tuple[int, ...], act: jax.Array, *, what: str) -> np.ndarray:
+  """The non-negative indices of ``positions`` along axis 1 of ``act``; BadInputError naming the
+  positions and the sequence length when one is out of range or two name the same position."""
+  if act.ndim < 3:
+    raise BadInputError(f"{what}: positions={positions} needs an activation (B, T, ..., D) with a "
+                        f"sequence axis; got shape {act.shape}")
+  length = act.shape[1]
+  outside = [position for position in positions if not -length <= position < length]
+  if outside:
+    raise BadInputError(f"{what}: positions={positions} has {outside} outside [-{length}, "
+                        f"{length}) for a sequence of length {length} (activation shape {act.shape})")
+  indices = np.asarray([position % length for position in positions])
+  if len(set(indices.tolist())) != len(indices):
+    raise BadInputError(f"{what}: positions={positions} names a position twice (sequence length "
+                        f"{length})")
+  return indices
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class Steer:
-  """Adds ``alpha * vector``: the result minus the input is exactly alpha times v."""
+  """Adds ``alpha * vector``: the result minus the input is exactly alpha times v.
+
+  ``positions`` (static): None adds it at every position; otherwise a tuple of indices along axis 1
+  (the sequence axis of a (B, T, ..., D) activation, negative from the end) where it is added,
+  every other position left bitwise as it was.
+  """
 
   vector_D: jax.Array
   alpha: jax.Array
+  positions: tuple[int, ...] | None = dataclasses.field(default=None, metadata=dict(static=True))
 
   @property
   def width(self) -> int:
@@ -68,7 +107,11 @@ class Steer:
 
   def __call__(self, act: jax.Array) -> jax.Array:
     shift = jnp.asarray(self.alpha, act.dtype) * self.vector_D.astype(act.dtype)
-    return act + _broadcast_last(shift, act)
+    if self.positions is None:
+      return act + _broadcast_last(shift, act)
+    positions = _check_positions(self.positions, what="Steer")
+    indices = _position_indices(positions, act, what="Steer")
+    return act.at[:, indices].add(_broadcast_last(shift, act))
 
 
 @jax.tree_util.register_dataclass
@@ -329,10 +372,17 @@ def ablate(basis: jax.Array | Basis, *, mean: jax.Array | None = None,
   return BackwardOnly(intervention) if backward_only else intervention
 
 
-def steer(vector: jax.Array, alpha: float | jax.Array, *, backward_only: bool = False
-          ) -> Steer | BackwardOnly:
-  """Adds ``alpha * vector`` (alpha may be a schedule's value at this step)."""
-  intervention = Steer(jnp.asarray(vector), jnp.asarray(alpha, jnp.float32))
+def steer(vector: jax.Array, alpha: float | jax.Array, *, positions: Any = None,
+          backward_only: bool = False) -> Steer | BackwardOnly:
+  """Adds ``alpha * vector`` (alpha may be a schedule's value at this step).
+
+  ``positions``: None (every position), an int or a sequence of ints indexing the sequence axis
+  (axis 1) of a (B, T, ..., D) site, negative from the end: ``positions=-1`` steers the last token
+  only. Out-of-range or repeated positions raise BadInputError when the site's shape is known (at
+  trace time, before compilation); a value of the wrong type raises it here.
+  """
+  intervention = Steer(jnp.asarray(vector), jnp.asarray(alpha, jnp.float32),
+                       _check_positions(positions, what="steer"))
   return BackwardOnly(intervention) if backward_only else intervention
 
 

@@ -6,7 +6,8 @@ Library: `fit_belief_dynamics` fits Bigelow et al.'s log-odds(c) = a*m + b + gam
 one curve alone. `shots_for_magnitude`, `magnitude_for_shots` and `flip_boundary` convert between
 steering and shots inside the measured range and raise `OutOfFitRangeError` outside it;
 `shot_vector` builds a steering vector from in-context examples (the difference of means is
-`landscape.directions.diff_of_means`).
+`landscape.directions.diff_of_means`); `train_site_saes` and `choose_feature` give the SAE feature
+that best separates two concepts (by `auroc`, judged against `SEPARATION_THRESHOLD`).
 
 Experiment (`run`): a small GPT trained on a GINC mixture of HMMs (`landscape.data.ginc_mixture`,
 exact posterior by the forward algorithm) is steered at every layer's residual stream over a grid of
@@ -34,10 +35,17 @@ from landscape.steering_icl._criteria import Verdict
 from landscape.steering_icl._criteria import evaluate
 from landscape.steering_icl._measure import KINDS
 from landscape.steering_icl._measure import Measured
-from landscape.steering_icl._measure import SteerLast
 from landscape.steering_icl._prompts import Prompts
 from landscape.steering_icl._prompts import make_prompts
 from landscape.steering_icl._run import run
+from landscape.steering_icl._sae_vector import SEPARATION_THRESHOLD
+from landscape.steering_icl._sae_vector import SAEFeature
+from landscape.steering_icl._sae_vector import SAESettings
+from landscape.steering_icl._sae_vector import auroc
+from landscape.steering_icl._sae_vector import choose_feature
+from landscape.steering_icl._sae_vector import sae_feature
+from landscape.steering_icl._sae_vector import sae_settings
+from landscape.steering_icl._sae_vector import train_site_saes
 from landscape.steering_icl._vectors import activation_scale
 from landscape.steering_icl._vectors import cosine
 from landscape.steering_icl._vectors import random_direction

@@ -3,8 +3,10 @@
 Steering adds ``m * scale * direction`` to a site's activation at the read-out position (the last
 token of the prompt, where the behaviour is read), ``scale`` the site's mean activation norm over
 documents and ``direction`` a unit vector oriented towards the target concept c: the difference of
-means (documents of c minus documents of c'), the negated vector built from c' shots, or a random
-direction. Every seed is measured in one vmapped program per site and shot count.
+means (documents of c minus documents of c'), the negated vector built from c' shots, a random
+direction, or the decoder row of the SAE feature that best separates documents of c from c'
+(`_sae_vector`). Adding it is `landscape.interventions.steer(shift, 1.0, positions=-1)`. Every
+seed is measured in one vmapped program per site and shot count.
 
 A measurement unit (the bootstrap's) is one seed's group of prompts; grids are (units, M, N).
 """
@@ -20,26 +22,17 @@ import numpy as np
 
 from landscape import data
 from landscape import directions
+from landscape import interventions
 from landscape.models import Model
 from landscape.sites import BadInputError
+from landscape.steering_icl import _sae_vector as sae_vector
 from landscape.steering_icl import _vectors as vectors
 from landscape.steering_icl._prompts import Prompts
 
-DIFF_OF_MEANS, SHOTS, RANDOM = "diff_of_means", "shots", "random"
-KINDS = (DIFF_OF_MEANS, SHOTS, RANDOM)
+DIFF_OF_MEANS, SHOTS, RANDOM, SAE = "diff_of_means", "shots", "random", "sae"
+KINDS = (DIFF_OF_MEANS, SHOTS, RANDOM, SAE)
 KIND_TITLES = {DIFF_OF_MEANS: "difference of means", SHOTS: "built from shots",
-               RANDOM: "random (control)"}
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True, eq=False)
-class SteerLast:
-  """Adds ``shift_D`` at the last position of a (B, T, D) activation; the other positions are unchanged."""
-
-  shift_D: jax.Array
-
-  def __call__(self, act: jax.Array) -> jax.Array:
-    return act.at[:, -1, :].add(self.shift_D.astype(act.dtype))
+               RANDOM: "random (control)", SAE: "SAE feature"}
 
 
 def readout_log_probs(model: Model, site: str):
@@ -48,7 +41,8 @@ def readout_log_probs(model: Model, site: str):
 
   def one_seed(params, tokens_PxT, shifts_MxD):
     def one_shift(shift_D):
-      logits, _ = model.forward(params, tokens_PxT, interventions={site: SteerLast(shift_D)})
+      logits, _ = model.forward(params, tokens_PxT, interventions={
+          site: interventions.steer(shift_D, 1.0, positions=-1)})
       return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)
     return jax.vmap(one_shift)(shifts_MxD)
 
@@ -83,6 +77,8 @@ class Measured:
     model_loss_S: held-out next-token loss per seed; bayes_loss: the Bayes-optimal loss there.
     model_position_loss_SxT, bayes_position_loss_T: the same by position in the document (the
       loss of predicting token t + 2 from the first t + 1): falling with t is learning in context.
+    sae: site -> the SAE feature's per-seed arrays (`SAEFeature` fields and ``cosine_vs_means_S``),
+      for the sites where the SAE kind was measured.
   """
 
   sites: tuple[str, ...]
@@ -100,6 +96,7 @@ class Measured:
   bayes_loss: float
   model_position_loss_SxT: np.ndarray
   bayes_position_loss_T: np.ndarray
+  sae: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
   @property
   def num_seeds(self) -> int:
@@ -125,6 +122,8 @@ class Measured:
                   kinds=np.asarray(self.kinds))
     for field in ("log_odds", "shot_vector_log_odds", "cosine_shots_vs_means", "scale"):
       arrays.update({f"{field}/{site}": value for site, value in getattr(self, field).items()})
+    for site, values in self.sae.items():
+      arrays.update({f"sae/{name}/{site}": value for name, value in values.items()})
     with open(path, "wb") as handle:
       np.savez(handle, **arrays)
 
@@ -133,6 +132,11 @@ class Measured:
     with np.load(path) as arrays:
       sites = tuple(str(site) for site in arrays["sites"])
       per_site = lambda field: {site: arrays[f"{field}/{site}"] for site in sites}
+      sae = {}
+      for key in arrays.files:
+        if key.startswith("sae/"):
+          _, name, site = key.split("/", 2)
+          sae.setdefault(site, {})[name] = arrays[key]
       return cls(sites=sites, kinds=tuple(str(kind) for kind in arrays["kinds"]),
                  magnitudes=arrays["magnitudes"], shots=arrays["shots"],
                  log_odds=per_site("log_odds"), shot_vector_log_odds=per_site("shot_vector_log_odds"),
@@ -142,7 +146,7 @@ class Measured:
                  vector_shots=int(arrays["vector_shots"]), model_loss_S=arrays["model_loss_S"],
                  bayes_loss=float(arrays["bayes_loss"]),
                  model_position_loss_SxT=arrays["model_position_loss_SxT"],
-                 bayes_position_loss_T=arrays["bayes_position_loss_T"])
+                 bayes_position_loss_T=arrays["bayes_position_loss_T"], sae=sae)
 
 
 def position_losses(model: Model, params_S, mixture: data.HMMMixture, inputs_BxT: np.ndarray,
@@ -183,24 +187,33 @@ class SiteVectors:
   scale_S: the site's mean activation norm over documents of c and c' (the unit of m).
   shot_vector_SxD: the raw vector built from shots of c' (pointing towards c').
   cosine_S: cosine of the shot vector, negated (towards c), with the difference of means.
+  sae: the SAE feature chosen per seed (`_sae_vector`), when the SAE kind is measured.
+  sae_cosine_S: cosine of the SAE feature's direction with the difference of means (when measured).
   """
 
   directions: dict[str, np.ndarray]
   scale_S: np.ndarray
   shot_vector_SxD: np.ndarray
   cosine_S: np.ndarray
+  sae: sae_vector.SAEFeature | None = None
+  sae_cosine_S: np.ndarray | None = None
 
 
 def steering_vectors(model: Model, params_S, mixture: data.HMMMixture, *, sites: Sequence[str],
                      kinds: Sequence[str], target: int, other: int, num_documents: int,
-                     document_length: int, vector_prompts: Prompts, vector_shots: int, seed: int
+                     document_length: int, vector_prompts: Prompts, vector_shots: int, seed: int,
+                     sae_settings: sae_vector.SAESettings | None = None
                      ) -> dict[str, SiteVectors]:
   """Every site's steering vectors: differences of means over ``num_documents`` documents of each
   concept (every position), the mean change ``vector_shots`` shots cause at the read-out position
-  of ``vector_prompts`` (prompts apart from the measured ones), and random directions."""
+  of ``vector_prompts`` (prompts apart from the measured ones), random directions, and the SAE
+  feature (an SAE per seed trained on ``sae_settings.num_documents`` documents of every concept,
+  its feature chosen on the documents of c and c')."""
   unknown = sorted(set(kinds) - set(KINDS))
   if unknown:
     raise BadInputError(f"steering kinds {unknown} unknown; expected a subset of {KINDS}")
+  if SAE in kinds and sae_settings is None:
+    raise BadInputError(f"steering kinds {list(kinds)} include {SAE!r}: pass sae_settings")
   count = vector_prompts.shots
   if vector_shots not in count or 0 not in count:
     raise BadInputError(f"vector prompts have shots {count}; need 0 and vector_shots={vector_shots}")
@@ -213,10 +226,23 @@ def steering_vectors(model: Model, params_S, mixture: data.HMMMixture, *, sites:
   with_shots = jax.device_get(capture(params_S, vector_prompts.tokens[count.index(vector_shots)]))
   without = jax.device_get(capture(params_S, vector_prompts.tokens[count.index(0)]))
   num_seeds = next(iter(acts[target].values())).shape[0]
+  sae_features = {}
+  if SAE in kinds:
+    # Its own generator: the documents and random directions above are those of a run without it.
+    sae_rng = np.random.default_rng([seed, 1])
+    concepts = sae_rng.integers(mixture.num_concepts, size=sae_settings.num_documents)
+    mixed = capture(params_S, data.sample_hmm(mixture, sae_rng, concepts,
+                                              document_length).astype(np.int32))
+    for site in sites:
+      site_acts = np.asarray(jax.device_get(mixed[site]), np.float32)
+      saes, stats = sae_vector.train_site_saes(
+          site_acts.reshape(num_seeds, -1, site_acts.shape[-1]), sae_settings, seed=seed)
+      sae_features[site] = sae_vector.sae_feature(saes, stats, acts[target][site],
+                                                  acts[other][site])
   vectors_by_site = {}
   for site in sites:
     per_kind = {kind: [] for kind in kinds}
-    scale, raw, cosine = [], [], []
+    scale, raw, cosine, sae_cosine = [], [], [], []
     for s in range(num_seeds):
       rows = np.concatenate([acts[other][site][s], acts[target][site][s]])  # (2P, T, D)
       rows = rows.reshape(-1, rows.shape[-1])
@@ -231,11 +257,15 @@ def steering_vectors(model: Model, params_S, mixture: data.HMMMixture, *, sites:
           per_kind[kind].append(means)
         elif kind == SHOTS:
           per_kind[kind].append(vectors.unit(-shot))
+        elif kind == SAE:
+          per_kind[kind].append(sae_features[site].direction_SxD[s])
+          sae_cosine.append(vectors.cosine(per_kind[kind][-1], means))
         else:
           per_kind[kind].append(vectors.random_direction(means.shape[0], rng))
     vectors_by_site[site] = SiteVectors(
         directions={kind: np.stack(rows) for kind, rows in per_kind.items()},
-        scale_S=np.asarray(scale), shot_vector_SxD=np.stack(raw), cosine_S=np.asarray(cosine))
+        scale_S=np.asarray(scale), shot_vector_SxD=np.stack(raw), cosine_S=np.asarray(cosine),
+        sae=sae_features.get(site), sae_cosine_S=np.asarray(sae_cosine) if sae_cosine else None)
   return vectors_by_site
 
 

@@ -27,6 +27,9 @@ from landscape.steering_icl._criteria import Verdict
 from landscape.steering_icl._measure import DIFF_OF_MEANS
 from landscape.steering_icl._measure import KIND_TITLES
 from landscape.steering_icl._measure import RANDOM
+from landscape.steering_icl._measure import SAE
+from landscape.steering_icl._measure import SHOTS
+from landscape.steering_icl._sae_vector import SEPARATION_THRESHOLD
 from landscape.steering_icl._measure import Measured
 
 DEFAULT_COMMAND = "landscape.steering_icl.run(config, workdir)"
@@ -349,8 +352,81 @@ def markdown(measured: Measured, judged: Judged, *, config: ml_collections.Confi
     cosine = analysis.mean_interval(measured.cosine_shots_vs_means[site])
     lines.append(f"| `{site}` | {measured.scale[site].mean():.2f} | {cosine:.3f} | "
                  + " | ".join(_exchange_cells(judged.fits[site, reference], shots)) + " |")
+  if measured.sae:
+    lines += [""] + _sae_section(measured, judged, config)
   lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
   return "\n".join(lines)
+
+
+def sae_separation(measured: Measured) -> dict[str, np.ndarray]:
+  """site -> (S,) whether each seed's chosen SAE feature separates c from c' on held-out documents
+  (oriented AUROC >= `SEPARATION_THRESHOLD`)."""
+  return {site: values["auroc_heldout_S"] >= SEPARATION_THRESHOLD
+          for site, values in measured.sae.items()}
+
+
+def per_seed_a(measured: Measured, site: str, kind: str) -> np.ndarray:
+  """(S,) a fitted to each seed's own units (units are seed-major)."""
+  grid = measured.log_odds[site][measured.kinds.index(kind)]
+  units_SxG = np.arange(grid.shape[0]).reshape(measured.num_seeds, -1)
+  return np.array([belief.fit_belief_dynamics(measured.magnitudes, measured.shots, grid[units],
+                                              num_bootstrap=0).point.a for units in units_SxG])
+
+
+def _sae_section(measured: Measured, judged: Judged, config: ml_collections.ConfigDict) -> list[str]:
+  """The SAE feature per site: the SAE, the feature chosen, whether it separates the concepts (by
+  the threshold fixed before the run) and its fit beside the other vectors'."""
+  settings = config.sae
+  separates = sae_separation(measured)
+  kinds = [kind for kind in (DIFF_OF_MEANS, SHOTS, RANDOM, SAE) if kind in measured.kinds]
+  lines = ["## The SAE feature", "",
+           f"A TopK SAE per seed and site ({settings.d_sae} latents, k = {settings.k}, "
+           f"{settings.steps} steps of {settings.batch_size} rows over {settings.num_documents} "
+           "documents of every concept, every position a row). The feature used is the one whose "
+           "mean code over a document best tells documents of c from documents of c' (largest "
+           "|AUROC - 0.5| on half of them); its direction is its unit decoder row, oriented towards "
+           "c, steered at the same magnitudes as the others. It separates the concepts when its "
+           f"AUROC on the other half is at least {SEPARATION_THRESHOLD:.2f} (threshold fixed before "
+           "the run). FVE, L0 and dead fraction: the SAE on its held-out tenth of the rows, mean "
+           "over seeds.", "",
+           "| site | FVE | L0 | dead | feature per seed | held-out AUROC per seed | separates | "
+           "cos(SAE feature, diff. of means), over seeds | "
+           + " | ".join(f"a, {KIND_TITLES[kind]}" for kind in kinds) + " | held-out R^2, SAE |",
+           "|---" * (9 + len(kinds)) + "|"]
+  for site, values in measured.sae.items():
+    a_cells = [f"{judged.fits[site, kind].a:+.3f}" for kind in kinds]
+    lines.append(
+        f"| `{site}` | {values['fve_S'].mean():.3f} | {values['l0_S'].mean():.1f} | "
+        f"{values['dead_fraction_S'].mean():.2f} | "
+        f"{', '.join(str(int(f)) for f in values['feature_S'])} | "
+        f"{', '.join(f'{v:.2f}' for v in values['auroc_heldout_S'])} | "
+        f"{int(separates[site].sum())} of {separates[site].size} seeds | "
+        f"{analysis.mean_interval(values['cosine_vs_means_S']):.3f} | " + " | ".join(a_cells)
+        + f" | {judged.lomo_r2[site, SAE]:.3f} |")
+  lines += ["", "Each seed's a, fitted to its own units (each seed has its own SAE feature and random "
+            "direction, so their a can cancel in the pooled fit above):", "",
+            "| site | vector | a per seed | root mean square |", "|---|---|---|---|"]
+  for site in measured.sae:
+    for kind in kinds:
+      a_S = per_seed_a(measured, site, kind)
+      lines.append(f"| `{site}` | {KIND_TITLES[kind]} | {', '.join(f'{a:+.2f}' for a in a_S)} | "
+                   f"{np.sqrt(np.mean(np.square(a_S))):.3f} |")
+  best_auroc = max(float(values["auroc_heldout_S"].max()) for values in measured.sae.values())
+  if not any(flags.any() for flags in separates.values()):
+    lines += ["", f"No SAE feature separates the concepts: the best held-out AUROC at any site "
+              f"and seed is {best_auroc:.2f}, below {SEPARATION_THRESHOLD:.2f}. The SAE vector "
+              "here is the SAE's best feature, not a concept feature; its fit is reported as "
+              "measured."]
+  else:
+    sentences = []
+    for site, flags in separates.items():
+      fit = judged.fits[site, SAE]
+      compared = (f"; the difference of means': {judged.fits[site, DIFF_OF_MEANS].a:+.3f}"
+                  if DIFF_OF_MEANS in measured.kinds else "")
+      sentences.append(f"at `{site}` on {int(flags.sum())} of {flags.size} seeds (its a: "
+                       f"{fit.a:+.3f}{compared})")
+    lines += ["", "The chosen SAE feature separates the concepts " + "; ".join(sentences) + "."]
+  return lines
 
 
 def _alpha_sentence(measured: Measured, judged: Judged) -> str:
@@ -386,7 +462,13 @@ def summary_of(judged: Judged, measured: Measured, seconds: float) -> dict[str, 
                                    alpha=estimate(fit.alpha), r2=fit.r2,
                                    lomo_r2=judged.lomo_r2[site, kind])
             for (site, kind), fit in judged.fits.items()},
-      model_loss=measured.model_loss_S.tolist(), bayes_loss=measured.bayes_loss)
+      model_loss=measured.model_loss_S.tolist(), bayes_loss=measured.bayes_loss,
+      sae={site: dict(feature=values["feature_S"].tolist(),
+                      auroc_heldout=values["auroc_heldout_S"].tolist(),
+                      separates=separation.tolist(), fve=values["fve_S"].tolist(),
+                      cosine_vs_means=values["cosine_vs_means_S"].tolist())
+           for (site, values), separation in zip(measured.sae.items(),
+                                                 sae_separation(measured).values())})
 
 
 def write(config: ml_collections.ConfigDict, workdir: str, *, seconds: float,

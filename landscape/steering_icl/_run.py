@@ -18,6 +18,7 @@ from landscape import objectives
 from landscape import training
 from landscape.steering_icl import _measure as measure
 from landscape.steering_icl import _report as report
+from landscape.steering_icl import _sae_vector as sae_vector
 from landscape.steering_icl._criteria import CRITERIA
 from landscape.steering_icl._prompts import Prompts
 from landscape.steering_icl._prompts import make_prompts
@@ -73,8 +74,26 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
                       f"config.prompts.target_concept={prompts.target_concept}")
   if config.num_bootstrap < 0:
     raise ConfigError(f"config.num_bootstrap={config.num_bootstrap}: must be >= 0")
+  if measure.SAE in kinds:
+    settings = sae_settings(config)
+    rows = settings.num_documents * config.seq_len
+    training_rows = rows - min(rows // 10, 20_000)  # array_source holds out the rest
+    if rows < 10 or settings.batch_size > training_rows:
+      raise ConfigError(f"config.sae.batch_size={settings.batch_size}: config.sae.num_documents="
+                        f"{settings.num_documents} documents of {config.seq_len} tokens give "
+                        f"{training_rows} training rows (and a tenth held out); need at least "
+                        "one batch and 10 rows")
+    if config.steering.num_documents < 2:
+      raise ConfigError(f"config.steering.num_documents={config.steering.num_documents}: the SAE "
+                        "feature is chosen on half the documents of each concept and judged on "
+                        "the other half; need at least 2")
   sites = [f"blocks.{i}.{config.steering.site_kind}" for i in range(config.model.num_layers)]
   return sites, kinds
+
+
+def sae_settings(config: ml_collections.ConfigDict) -> sae_vector.SAESettings:
+  """The SAE kind's settings (config.sae); ConfigError naming the field that cannot work."""
+  return sae_vector.sae_settings(config.sae.to_dict(), where="config.sae", error=ConfigError)
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -143,7 +162,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       model, params, mixture, sites=sites, kinds=kinds, target=settings.target_concept,
       other=settings.shot_concept, num_documents=config.steering.num_documents,
       document_length=config.seq_len, vector_prompts=vector_prompts,
-      vector_shots=settings.vector_shots, seed=settings.seed + 2)
+      vector_shots=settings.vector_shots, seed=settings.seed + 2,
+      sae_settings=sae_settings(config) if measure.SAE in kinds else None)
   heldout = dataset.eval_sets["heldout"]
   model_position_loss, bayes_position_loss = measure.position_losses(
       model, params, mixture, heldout["inputs"], heldout["labels"])
@@ -167,7 +187,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       vector_shots=settings.vector_shots,
       model_loss_S=np.asarray(result.summary["eval/heldout/loss"], np.float64),
       bayes_loss=dataset.info["bayes_optimal_loss"], model_position_loss_SxT=model_position_loss,
-      bayes_position_loss_T=bayes_position_loss)
+      bayes_position_loss_T=bayes_position_loss,
+      sae={site: dict(found.sae.arrays(), cosine_vs_means_S=found.sae_cosine_S)
+           for site, found in site_vectors.items() if found.sae is not None})
   if jax.process_index() == 0:
     measured.save(os.path.join(workdir, report.MEASURED_FILE))
   logging.info("measured the grid: %.1f s", time.perf_counter() - start)
