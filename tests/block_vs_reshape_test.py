@@ -64,6 +64,19 @@ class SmokeTest(absltest.TestCase):
                    "sample_efficiency.png"):
       self.assertGreater(os.path.getsize(os.path.join(self.workdir, figure)), 10_000, figure)
     self.assertIn("## Toy Colors sample efficiency", report)
+    # The figures over training have a curve for every arm: the OOD test set and decodability at the
+    # model's first site at every evaluation (step 0 and the preset's 2), every site at the last.
+    for task in block_vs_reshape.TASKS:
+      first_site = _tasks.build_task(task, flagship_config.get_config("smoke")).model.site_names[0]
+      for arm in block_vs_reshape.ARMS:
+        result = _results.load_arm(self.workdir, task, arm)
+        self.assertEqual(result.tracked_site(), first_site, (task, arm))
+        for metric in ("eval/ood/accuracy", f"decodability/{first_site}"):
+          np.testing.assert_array_equal(result.curves[metric][0], [0, 10, 20], (task, arm, metric))
+        for site in result.sites():
+          if site != first_site:
+            np.testing.assert_array_equal(result.curves[f"decodability/{site}"][0], [20])
+        np.testing.assert_array_equal(result.curves["eval/val_ood/accuracy"][0], [20])
     for task in block_vs_reshape.TASKS:
       with open(os.path.join(self.workdir, task, "model.html")) as handle:
         page = handle.read()

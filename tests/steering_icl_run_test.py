@@ -97,6 +97,15 @@ class SmokeRunTest(absltest.TestCase):
       self.assertIn(verdict.sentence, text)
       if verdict.estimate is not None:
         self.assertIn(f"{verdict.estimate.mean:.3f}"[:4], verdict.sentence)
+    # Criterion 1 recomputed here from measured.npz, outside the report's judging: the best site's
+    # held-out R^2 of the difference of means, and that site, are what its sentence says.
+    reference = measured.kinds.index("diff_of_means")
+    held_out = {site: steering_icl.leave_one_magnitude_out_r2(
+        measured.magnitudes, measured.shots, measured.log_odds[site][reference])
+        for site in measured.sites}
+    best_site = max(held_out, key=held_out.get)
+    self.assertIn(f"{held_out[best_site]:.3f}", judged.verdicts[0].sentence)
+    self.assertIn(f"`{best_site}`", judged.verdicts[0].sentence)
     sites = [f"blocks.{i}.resid_post" for i in range(config.model.num_layers)]
     self.assertEqual(measured.sites, tuple(sites))
     kinds = config.steering.kinds.split(",")

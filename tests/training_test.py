@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import tempfile
 
 import chex
@@ -209,7 +210,7 @@ class CompiledInitTest(absltest.TestCase):
 
 class FixedValueTest(absltest.TestCase):
 
-  def test_a_fixed_value_is_data_of_the_step_and_resuming_with_another_is_refused(self):
+  def test_a_fixed_value_is_read_by_the_step_and_resuming_with_another_is_refused(self):
     def scaled_objective():
       @objectives.term("scaled")
       def scaled(inputs):
@@ -228,10 +229,15 @@ class FixedValueTest(absltest.TestCase):
     # Times a held 1.0: the same losses as plain training, to float32 rounding.
     np.testing.assert_allclose(result.summary["loss"], plain.summary["loss"], rtol=1e-6)
     config.steps = 30
-    with self.assertRaisesRegex(training.RunMismatchError, r"refreshers"):
-      training.train(config, workdir, model=MODEL, objective=scaled_objective(),
-                     optimizer=optax.adam(1e-2), dataset=DATASET,
-                     refreshers=(training.FixedValue("scale", jnp.asarray(2.0, jnp.float32)),))
+    for other in (jnp.asarray(2.0, jnp.float32), {"scale": one}):  # another value; another tree
+      with self.assertRaisesRegex(training.RunMismatchError, r"refreshers"):
+        training.train(config, workdir, model=MODEL, objective=scaled_objective(),
+                       optimizer=optax.adam(1e-2), dataset=DATASET,
+                       refreshers=(training.FixedValue("scale", other),))
+    resumed = training.train(config, workdir, model=MODEL, objective=scaled_objective(),
+                             optimizer=optax.adam(1e-2), dataset=DATASET,
+                             refreshers=(training.FixedValue("scale", one),))
+    self.assertEqual(resumed.summary["step"], 30)
 
 
 class InterimEvalSetsTest(absltest.TestCase):
@@ -258,6 +264,24 @@ class InterimEvalSetsTest(absltest.TestCase):
       for name, values in metrics.items():
         np.testing.assert_array_equal(values, every.evaluations[step][name], err_msg=name)
     self.assertEqual(set(interim.summary), set(every.summary))
+
+  def test_a_run_resumed_with_fewer_steps_logs_its_last_evaluation_in_full(self):
+    def preempt_at_step_20(params, run):
+      del params
+      if int(np.asarray(run.step)[0]) == 20:
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop checkpoints step 20 and stops
+      return {}
+
+    workdir = tempfile.mkdtemp()
+    config = _config(steps=40, eval_every=10, checkpoint_every=20, interim_eval_sets="test")
+    with self.assertRaises(training.Preempted):
+      training.train(config, workdir, evaluators=[preempt_at_step_20], **_plain_training())
+    config.steps = 20  # resumed at its last step: step 20's evaluation was logged as an interim one
+    result = training.train(config, workdir, **_plain_training())
+    rows = [row for row in training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+            if row["step"] == 20 and "eval/val/accuracy" in row]
+    self.assertLen(rows, 1)
+    self.assertEqual(rows[0]["eval/val/accuracy"], result.summary["eval/val/accuracy"][0])
 
   def test_an_interim_set_the_dataset_lacks_is_refused_before_anything_is_written(self):
     workdir = os.path.join(tempfile.mkdtemp(), "run")

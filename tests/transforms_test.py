@@ -863,24 +863,6 @@ class MaskUpdatesTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"mask of shape \(3,\).*\(4, 2\)"):
       transform.init({"encoder": {"bias": jnp.ones(3), "kernel": jnp.ones((4, 2))}})
 
-  def test_a_mask_given_as_an_extra_arg_is_read_at_each_update(self):
-    updates = {"first": {"kernel": jnp.arange(12.0).reshape(4, 3) + 1}, "second": jnp.ones(5)}
-    structure = {"first": {"kernel": np.ones((4, 1), np.float32)}, "second": None}
-    transform = transforms.mask_updates(structure, extra_arg="keep")
-    state = transform.init(updates)
-    update = jax.jit(lambda updates, keep: transform.update(updates, state, keep=keep)[0])
-    rows = np.array([[1], [0], [1], [0]], np.float32)
-    for mask in (rows, 1.0 - rows, np.ones((4, 1), np.float32)):
-      masked = update(updates, {"first": {"kernel": jnp.asarray(mask)}, "second": None})
-      expected, _ = transforms.mask_updates({"first": {"kernel": mask}, "second": None}).update(
-          updates, state)
-      chex.assert_trees_all_equal(masked, expected)
-    # Ones leave every update bitwise as it was: the mask costs nothing in what is computed.
-    chex.assert_trees_all_equal(masked, updates)
-    with self.assertRaisesRegex(ValueError, r"mask_updates\(extra_arg='keep'\): the update has no "
-                                r"extra arg of that name \(it has \['mask'\]\)"):
-      transform.update(updates, state, mask=structure)
-
   def test_a_keep_tree_that_is_not_a_prefix_is_refused_at_init(self):
     transform = transforms.mask_updates({"encoder": {"weights": 0.0}})
     with self.assertRaisesRegex(ValueError, r"keep is not a prefix of the params"):

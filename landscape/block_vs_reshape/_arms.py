@@ -110,7 +110,7 @@ def _plain(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
 
 def _oracle(task: Task, config: ml_collections.ConfigDict) -> ArmPlan:
   # With the probe fields plain's batches carry (its objective reads none of them, and they leave
-  # the training batch as it was), so the oracle trains in plain's compiled program, over other data.
+  # the training batch as it was), so the oracle trains in plain's compiled program, other data.
   return dataclasses.replace(_plain(task, config),
                              dataset=data.with_probe_fields(task.oracle, task.probe))
 
@@ -255,8 +255,8 @@ class TaskDecodability:
   last evaluation's, in the report's tables) and at the model's first site alone (the evaluations
   before it, for the figure over training: probing one site costs a fraction of probing all)."""
 
-  every_site: Any
-  first_site: Any
+  every_site: Callable[..., directions.Decodability]
+  first_site: Callable[..., directions.Decodability]
 
 
 def make_task_decodability(task: Task, config: ml_collections.ConfigDict,

@@ -267,9 +267,9 @@ def write_figures(workdir: str, all_results: dict[str, list[ArmResult]],
   figure_over_training(all_results, lambda result: HEADLINE_METRICS["ood_accuracy"], "OOD accuracy",
                        os.path.join(workdir, "ood_accuracy.png"), lambda task: TASK_TITLES[task])
   figure_over_training(
-      all_results, lambda result: f"decodability/{result.sites()[0]}" if result.sites() else "",
+      all_results, lambda result: f"decodability/{result.tracked_site()}" if result.sites() else "",
       "concept decodability", os.path.join(workdir, "decodability_over_training.png"),
-      lambda task: f"{task}: at `{all_results[task][0].sites()[0]}`")
+      lambda task: f"{task}: at `{all_results[task][0].tracked_site()}`")
   figure_decodability(all_results, os.path.join(workdir, "decodability.png"))
 
 

@@ -59,6 +59,12 @@ class ArmResult:
     return [name.removeprefix("decodability/") for name in self.final
             if name.startswith("decodability/")]
 
+  def tracked_site(self) -> str:
+    """The site whose decodability was measured over training (the evaluations before the last
+    probe one site), or the first site where every evaluation probed them all."""
+    return max(self.sites(), key=lambda site: len(self.curves.get(f"decodability/{site}",
+                                                                  ((),))[0]))
+
 
 def _per_run(value: Any, num_runs: int) -> np.ndarray:
   """A metric as (num_runs,) values: summary.json holds a list over runs; a metrics.jsonl row of a

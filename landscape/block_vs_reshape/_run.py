@@ -41,10 +41,10 @@ def arm_identity(task: Task, arm: str, config: ml_collections.ConfigDict) -> dic
 
 
 def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: str, *,
-            deployed_measure=None, progress: bool = True) -> None:
+            deployed_measures=None, progress: bool = True) -> None:
   """Trains one arm (all its grid points and seeds in one program) unless it already finished.
 
-  ``deployed_measure``: the task's decodability measurements without evaluation-time interventions
+  ``deployed_measures``: the task's decodability measurements without evaluation-time interventions
   (`make_task_decodability`), shared by the arms that deploy the model unchanged so their programs
   are compiled once per task; None makes the arm its own. ``progress``: the loop's progress lines.
   """
@@ -64,7 +64,7 @@ def run_arm(task: Task, arm: str, config: ml_collections.ConfigDict, workdir: st
                           eval_interventions=plan.eval_interventions,
                           evaluators=[decodability_evaluator(
                               task, plan, config,
-                              deployed_measure if plan.eval_interventions is None else None)],
+                              deployed_measures if plan.eval_interventions is None else None)],
                           hparam_grid=hparam_grid, progress=progress)
   if plan.refreshers:
     first_run = jax.tree_util.tree_map(lambda leaf: leaf[0], training.fetch(
@@ -145,7 +145,7 @@ def run_job(config: ml_collections.ConfigDict, workdir: str, job: Job, *,
   """Runs one job here; the sample-efficiency study's results, or None for a task's arms."""
   if job.task is None:
     return sample_efficiency.run(config, os.path.join(workdir, "sample_efficiency"))
-  task, deployed_measure = _task_here(job.task, config)
+  task, deployed_measures = _task_here(job.task, config)
   if job.writes_model_page:
     inspect.write_html(task.model, os.path.join(workdir, task.name, "model.html"),
                        title=f"{task.name}: {task.model.name} and its sites",
@@ -154,7 +154,7 @@ def run_job(config: ml_collections.ConfigDict, workdir: str, job: Job, *,
   # One arm at a time in a process: orbax's asynchronous checkpoints of two arms trained on two
   # threads of one process deadlock (their commits signal through process-wide keys).
   for arm in job.arms:
-    run_arm(task, arm, config, workdir, deployed_measure=deployed_measure, progress=progress)
+    run_arm(task, arm, config, workdir, deployed_measures=deployed_measures, progress=progress)
   return None
 
 

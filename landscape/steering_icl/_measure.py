@@ -256,7 +256,8 @@ def steering_vectors(model: Model, params_S, mixture: data.HMMMixture, *, sites:
         if kind == DIFF_OF_MEANS:
           per_kind[kind].append(means)
         elif kind == SHOTS:
-          per_kind[kind].append(vectors.unit(-shot))
+          per_kind[kind].append(vectors.unit(-shot, what=f"the vector from shots at {site}, "
+                                                     f"seed {s}"))
         elif kind == SAE:
           per_kind[kind].append(sae_features[site].direction_SxD[s])
           sae_cosine.append(vectors.cosine(per_kind[kind][-1], means))

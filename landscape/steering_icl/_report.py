@@ -320,7 +320,10 @@ def markdown(measured: Measured, judged: Judged, *, config: ml_collections.Confi
     lines.append("| model read-out, unsteered | " + " | ".join(f"{v:+.2f}" for v in unsteered)
                  + " |")
   lines += ["", _alpha_sentence(measured, judged)]
-  lines += ["", "## Criteria (pre-registered)", ""]
+  lines += ["", "## Criteria (pre-registered)", "",
+            "Criterion 5's statistic was replaced in review after the first default run (the "
+            "random directions' fit averaged over seeds cancelled them); the statistic first "
+            "registered is described in `landscape/steering_icl/_criteria.py`.", ""]
   lines += [f"{i + 1}. {verdict.sentence}" for i, verdict in enumerate(judged.verdicts)]
   lines += ["", f"## Measured grid at the best site, `{judged.best_site}` "
             f"({KIND_TITLES[reference]})", "",

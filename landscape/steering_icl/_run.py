@@ -72,8 +72,9 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   if prompts.target_concept == prompts.shot_concept:
     raise ConfigError(f"config.prompts.shot_concept={prompts.shot_concept}: must differ from "
                       f"config.prompts.target_concept={prompts.target_concept}")
-  if config.num_bootstrap < 0:
-    raise ConfigError(f"config.num_bootstrap={config.num_bootstrap}: must be >= 0")
+  if config.num_bootstrap < 2:
+    raise ConfigError(f"config.num_bootstrap={config.num_bootstrap}: the criteria are judged on "
+                      "bootstrap intervals; give at least 2 replicates (100 by default)")
   if measure.SAE in kinds:
     settings = sae_settings(config)
     rows = settings.num_documents * config.seq_len

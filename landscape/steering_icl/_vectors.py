@@ -39,11 +39,13 @@ def activation_scale(acts_NxD) -> float:
   return float(np.linalg.norm(_rows(acts_NxD, what="activation_scale"), axis=-1).mean())
 
 
-def unit(vector_D) -> np.ndarray:
+def unit(vector_D, *, what: str = "vector") -> np.ndarray:
+  """``vector_D`` scaled to norm 1; BadInputError naming ``what`` (which vector: its kind, site and
+  seed) when its norm is 0 or not finite."""
   vector_D = np.asarray(vector_D, np.float64)
   norm = np.linalg.norm(vector_D)
   if not np.isfinite(norm) or norm == 0:
-    raise BadInputError(f"unit: a vector of norm {norm} has no direction")
+    raise BadInputError(f"unit: {what} has norm {norm}, so no direction")
   return vector_D / norm
 
 

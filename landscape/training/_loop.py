@@ -537,7 +537,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   (see `check_initial_params`); `load_params` reads another run's checkpoint. Leaves not given are
   initialised as without it; the optimizer's state starts fresh (`optimizer.init` of the warm
   parameters), and so do stateful terms and refreshers. The arrays enter the state as arguments of
-  the compiled initialisation, never as constants of a program.
+  the compiled programs that initialise the rest (`compile_init`), never as constants of a program.
 
   ``progress``: a line with the step, the loss, steps/s and the time left after every compiled
   call: to absl's log where absl logs at INFO (the binaries), else to stderr (a script, a
@@ -664,8 +664,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
     if last_saved != step:
       checkpoints.save(step, runner.host_view(state))
     checkpoints.wait()
-    if step not in evaluate.by_step:  # resumed at the last step: its evaluation is already logged
-      evaluate(step, runner.host_view(state), log=False)
+    if step not in evaluate.by_step:
+      # Resumed at the last step: its evaluation is logged, unless it was logged as an interim one
+      # (a run resumed with fewer steps than it was started with), which covers only some sets.
+      logged = {name for row in read_jsonl(writer.path) if row.get("step") == step for name in row}
+      evaluate(step, runner.host_view(state),
+               log=not all(any(name.startswith(f"eval/{set_name}/") for name in logged)
+                           for set_name in dataset.eval_sets))
   finally:
     writer.close()
 

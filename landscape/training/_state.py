@@ -120,7 +120,9 @@ class Refresher(Protocol):
   the start of each step, inside the vmap over runs, before the loss, with the parameters the step
   begins from. ``step`` is the unbatched int32 scalar (a `jax.lax.cond` on it is a real branch);
   ``run.refreshed`` maps refresher name -> value, the refreshers earlier in the list already
-  updated at this step.
+  updated at this step. A refresher may also have a ``fingerprint() -> str`` (a digest of what it
+  holds that its name and type do not say, as `FixedValue` has): the run's fingerprint records it,
+  so resuming with another is refused.
   """
 
   name: str
@@ -133,7 +135,7 @@ class Refresher(Protocol):
     ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FixedValue:
   """A refresher whose value never changes: arrays every run holds in ``state.refreshed[name]``.
 
@@ -156,7 +158,8 @@ class FixedValue:
     return value
 
   def fingerprint(self) -> str:
-    digest = hashlib.sha256()
+    """A digest of the value: its tree structure, and each leaf's dtype, shape and bytes."""
+    digest = hashlib.sha256(str(jax.tree_util.tree_structure(self.value)).encode())
     for leaf in jax.tree_util.tree_leaves(self.value):
       leaf = np.asarray(leaf)
       digest.update(f"{leaf.dtype}{leaf.shape}".encode())

@@ -66,8 +66,10 @@ def compile_init(*, model: Model, objective: Objective,
   """`init_state` with these arguments bound, compiled in parts: the key's split, the model's
   initialisation, the terms', each refresher's and the optimizer's, each its own program.
 
-  It takes ``(key, *, hparams=None, initial_params=None)`` and computes what `init_state` computes
-  (the same operations on the same values). One program for the whole state would be compiled anew
+  It takes ``(key, *, hparams=None, initial_params=None)`` and computes what `init_state` computes,
+  the same operations on the same values: the parameters, keys and hyper-parameters bitwise, values
+  computed in float32 arithmetic (a refresher's fit) to float32 rounding, since XLA may group the
+  operations of separate programs differently. One program for the whole state would be compiled anew
   for every objective, optimizer and set of refreshers; in parts, runs that share a model or a
   refresher (an experiment's arms on one task) share its program, which JAX's compilation cache
   finds by its text.

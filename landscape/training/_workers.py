@@ -4,9 +4,8 @@ On a CPU, XLA compiles a program on one core, and a small model's step keeps lit
 busy: a study of many arms, each its own compiled program, leaves the other cores idle. `run_jobs`
 runs independent jobs in spawned worker processes, each set up as this one is (the JAX settings
 that decide what is compiled, cached and computed; absl's verbosity; `keep_freed_memory`), so a
-job computes exactly
-what it would compute here. On a GPU or TPU, and in a multi-process run, jobs run here one after
-another: one process owns the accelerator.
+job computes exactly what it would compute here. On a GPU or TPU, and in a multi-process run, jobs
+run here one after another: one process owns the accelerator.
 """
 
 from __future__ import annotations
@@ -126,7 +125,8 @@ def run_jobs(fn: Callable[[Job], Any], jobs: Sequence[Job], *, workers: int,
     return [fn(job) for job in jobs]
   pool = concurrent.futures.ProcessPoolExecutor(
       max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-      initializer=_start_worker, initargs=(_settings(), logging.get_verbosity(), _keeping_freed_memory, setup))
+      initializer=_start_worker,
+      initargs=(_settings(), logging.get_verbosity(), _keeping_freed_memory, setup))
 
   sigterm = threading.Event()
 

@@ -12,7 +12,7 @@ import optax
 from landscape.transforms._directions import DirectionsError
 
 
-def mask_updates(keep: Any, *, extra_arg: str | None = None) -> optax.GradientTransformationExtraArgs:
+def mask_updates(keep: Any) -> optax.GradientTransformationExtraArgs:
   """Multiplies each update entry-wise by ``keep`` (1 keeps an entry, 0 freezes it).
 
   Args:
@@ -22,10 +22,6 @@ def mask_updates(keep: Any, *, extra_arg: str | None = None) -> optax.GradientTr
       decoder. For example, zeros on the rows of a first-layer kernel that read a shortcut's
       pixels: those weights keep their initial values, and everything downstream of them can still
       learn to use what they pass on.
-    extra_arg: if given, each update reads its mask from the extra arg of that name, a tree of
-      ``keep``'s structure (None where ``keep`` has None), so masks that change, or that differ
-      between runs of one program, arrive as data; ``keep`` then only gives the structure and
-      shapes that ``init`` checks.
 
   Returns:
     A transform whose output is exactly ``update * keep`` (frozen entries are exactly zero, kept
@@ -62,11 +58,7 @@ def mask_updates(keep: Any, *, extra_arg: str | None = None) -> optax.GradientTr
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params
-    if extra_arg is not None and extra_arg not in extra_args:
-      raise DirectionsError(f"mask_updates(extra_arg={extra_arg!r}): the update has no extra arg "
-                            f"of that name (it has {sorted(extra_args)})")
-    masks = keep if extra_arg is None else extra_args[extra_arg]
+    del params, extra_args
 
     def apply(leaf_keep, update):
       if leaf_keep is None:
@@ -74,7 +66,7 @@ def mask_updates(keep: Any, *, extra_arg: str | None = None) -> optax.GradientTr
       return update * jnp.broadcast_to(jnp.asarray(leaf_keep, update.dtype), update.shape)
 
     masked = jax.tree_util.tree_map(
-        lambda leaf_keep, subtree: over_subtree(apply, leaf_keep, subtree), masks, updates,
+        lambda leaf_keep, subtree: over_subtree(apply, leaf_keep, subtree), keep, updates,
         is_leaf=is_leaf)
     return masked, state
 
