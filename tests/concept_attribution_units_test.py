@@ -44,6 +44,16 @@ def _writer_vectors(update):
                          mlp["bias"][None]])
 
 
+def _span_and_update(setting, params, features, *, seed: int):
+  """The span of ``features``' decoder rows at the site's writers, and a random params-shaped
+  update (float32 normal draws of ``seed``)."""
+  directions = sae_lib.feature_directions(setting.sae, setting.model.site_links, site=SITE,
+                                          features=features, roles=("writes",))
+  rng = np.random.default_rng(seed)
+  update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
+                                                           jnp.float32), params)
+  return directions, update
+
 class AttributionTest(absltest.TestCase):
 
   def test_matches_a_float64_reference_on_a_small_gpt(self):
@@ -90,11 +100,7 @@ class AttributionTest(absltest.TestCase):
 
   def test_scale_along_by_reads_its_gain(self):
     setting, params = _small_setting()
-    directions = sae_lib.feature_directions(setting.sae, setting.model.site_links, site=SITE,
-                                            features=np.array([1, 4, 7]), roles=("writes",))
-    rng = np.random.default_rng(2)
-    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
-                                                             jnp.float32), params)
+    directions, update = _span_and_update(setting, params, np.array([1, 4, 7]), seed=2)
     for gain in (0.0, -1.0, 2.5):
       by_arg = scale_along_by(directions, "gain")
       out, _ = jax.jit(by_arg.update)(update, by_arg.init(params), None,
@@ -107,11 +113,7 @@ class AttributionTest(absltest.TestCase):
   def test_scale_along_by_at_gains_one_and_zero(self):
     setting, params = _small_setting()
     chosen = np.array([1, 4, 7])
-    directions = sae_lib.feature_directions(setting.sae, setting.model.site_links, site=SITE,
-                                            features=chosen, roles=("writes",))
-    rng = np.random.default_rng(3)
-    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
-                                                             jnp.float32), params)
+    directions, update = _span_and_update(setting, params, chosen, seed=3)
     by_arg = scale_along_by(directions, "gain")
     apply = jax.jit(by_arg.update)
     bits = lambda tree: [np.asarray(leaf).view(np.uint32)
@@ -139,11 +141,7 @@ class AttributionTest(absltest.TestCase):
     magnitude without gains (P d_k = d_k), so the arms attribute the update they apply."""
     setting, params = _small_setting()
     chosen = np.array([2, 5, 11])
-    directions = sae_lib.feature_directions(setting.sae, setting.model.site_links, site=SITE,
-                                            features=chosen, roles=("writes",))
-    rng = np.random.default_rng(4)
-    update = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape),
-                                                             jnp.float32), params)
+    directions, update = _span_and_update(setting, params, chosen, seed=4)
     attribution = transforms.attribute(_measures.attribution_directions(setting))
     _, before = attribution.update(update, attribution.init(params))
     before = np.asarray(before.metrics[f"{SITE}/magnitude"], np.float64)
