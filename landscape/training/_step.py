@@ -47,13 +47,34 @@ def init_state(key: jax.Array, *, model: Model, objective: Objective,
   parameters (the optimizer's state fresh). Pass it as an argument of a jitted ``init_state``, not
   closed over, so the arrays are not folded into the program.
   """
-  init_key, rng, data_key, terms_key, refresh_key = jax.random.split(key, 5)
-  params = merge_params(model.init(init_key), initial_params)
-  term_states, term_opt_states = objective.init(terms_key, params)
-  refreshed = {refresher.name: refresher.init(jax.random.fold_in(refresh_key, index), params)
-               for index, refresher in enumerate(refreshers)}
+  return _assemble_state(key, hparams, initial_params, split=_split_init_key,
+                         init_params=model.init, init_terms=objective.init,
+                         init_refreshers=_refresher_inits(refreshers),
+                         init_optimizer=optimizer.init)
+
+
+def _split_init_key(key: jax.Array) -> tuple[jax.Array, ...]:
+  """(init_key, rng, data_key, terms_key, refresh_key): every part of the state's randomness."""
+  return tuple(jax.random.split(key, 5))
+
+
+def _refresher_inits(refreshers: Sequence[Refresher]) -> list[tuple[str, Callable[..., Any]]]:
+  """(name, (refresh_key, params) -> its initial value) per refresher, its key folded by place."""
+  return [(refresher.name, lambda key, params, refresher=refresher, index=index:
+           refresher.init(jax.random.fold_in(key, index), params))
+          for index, refresher in enumerate(refreshers)]
+
+
+def _assemble_state(key: jax.Array, hparams: Mapping[str, float] | None, initial_params: Any, *,
+                    split, init_params, init_terms, init_refreshers, init_optimizer) -> TrainState:
+  """The state `init_state` describes, from its parts' initialisers (traced in one program by
+  `init_state`, each compiled on its own by `compile_init`)."""
+  init_key, rng, data_key, terms_key, refresh_key = split(key)
+  params = merge_params(init_params(init_key), initial_params)
+  term_states, term_opt_states = init_terms(terms_key, params)
+  refreshed = {name: init(refresh_key, params) for name, init in init_refreshers}
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng,
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=init_optimizer(params), rng=rng,
       data_key=data_key,
       hparams={name: hparam_value(name, value) for name, value in (hparams or {}).items()},
       term_states=term_states, term_opt_states=term_opt_states, refreshed=refreshed)
@@ -75,26 +96,13 @@ def compile_init(*, model: Model, objective: Objective,
   finds by its text.
   """
   jit = lambda fn: jax.jit(fn, compiler_options=compiler_options)
-  split = jit(lambda key: tuple(jax.random.split(key, 5)))
-  init_params, init_terms, init_optimizer = jit(model.init), jit(objective.init), jit(optimizer.init)
-  init_refreshed = [jit(lambda key, params, refresher=refresher, index=index:
-                        refresher.init(jax.random.fold_in(key, index), params))
-                    for index, refresher in enumerate(refreshers)]
+  parts = dict(split=jit(_split_init_key), init_params=jit(model.init),
+               init_terms=jit(objective.init), init_optimizer=jit(optimizer.init),
+               init_refreshers=[(name, jit(init)) for name, init in _refresher_inits(refreshers)])
 
   def init(key: jax.Array, *, hparams: Mapping[str, float] | None = None,
            initial_params: Any = None) -> TrainState:
-    init_key, rng, data_key, terms_key, refresh_key = split(key)
-    params = init_params(init_key)
-    if initial_params is not None:
-      params = merge_params(params, initial_params)
-    term_states, term_opt_states = init_terms(terms_key, params)
-    refreshed = {refresher.name: refresher_init(refresh_key, params)
-                 for refresher, refresher_init in zip(refreshers, init_refreshed)}
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=init_optimizer(params), rng=rng,
-        data_key=data_key,
-        hparams={name: hparam_value(name, value) for name, value in (hparams or {}).items()},
-        term_states=term_states, term_opt_states=term_opt_states, refreshed=refreshed)
+    return _assemble_state(key, hparams, initial_params, **parts)
 
   return init
 
