@@ -22,7 +22,7 @@ import ml_collections
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.sections = "transforms,seeds"   # and "compile": the loop's XLA options against defaults
+  config.sections = "transforms,updates,seeds"  # and "compile": the XLA options against defaults
   config.compile_rounds = 3
 
   config.model = ml_collections.ConfigDict()

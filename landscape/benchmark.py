@@ -1,6 +1,6 @@
 """Benchmarks, measured as ratios taken in one run: ``run(config, workdir)``.
 
-Two sections:
+Sections (``config.sections``):
 
 * ``transforms``: the step time of a GPT (GPT-2 small on a GPU, a small one on CPU) with a gradient
   transform on every matrix that touches the residual stream, divided by the plain optax step, each
@@ -15,6 +15,11 @@ Two sections:
 * ``seeds``: training S runs of the flagship's classifier in one program against S programs one
   after another: in one process (compiling, and with a warm compilation cache), as separate jobs of
   the training binary, and per step once compiled.
+* ``updates``: each transform variant's update alone (`tx.update` jitted, on fixed random
+  gradients, its state as initialised; the dictionary span as its refresher initialises it) against
+  AdamW's update alone, timed in interleaved rounds like ``transforms``: the transform's own cost,
+  apart from the step it sits in, so that two versions of the transforms (or two machines) compare
+  without the rest of the step's time in the ratio.
 * ``compile``: the loop's chunk for the plain step and for each transform variant, compiled with
   XLA's default options and with the loop's (`training.compiler_options()`: on CPU,
   `training.CPU_COMPILER_OPTIONS`), alternately, each ``config.compile_rounds`` times with the
@@ -33,6 +38,7 @@ Writes ``benchmark.json`` to ``workdir`` and prints a table.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -40,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -59,6 +66,8 @@ from landscape import training
 from landscape import transforms
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SECTIONS = ("transforms", "updates", "seeds", "compile", "sae")
+ADAMW = "adamw (reference)"
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -222,6 +231,49 @@ def benchmark_transforms(config: ml_collections.ConfigDict) -> dict[str, Any]:
   scheduled["ratio_with_refreshes_amortized"] = scheduled["ratio_to_plain"] + (
       refreshing["ratio_to_plain"] - scheduled["ratio_to_plain"]) / config.refresh_every
   return results
+
+
+def benchmark_updates(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Each transform's update alone against AdamW's update alone (see the module docstring)."""
+  model, key, params, _, _ = _gpt_setup(config)
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  gradients = jax.tree_util.tree_unflatten(treedef, [
+      jax.random.normal(leaf_key, leaf.shape, leaf.dtype)
+      for leaf_key, leaf in zip(jax.random.split(key, len(leaves)), leaves)])
+  updaters = {ADAMW: (optax.adamw(config.learning_rate, weight_decay=0.1), {})}
+  for name, variant in transform_variants(config, model, params).items():
+    if variant.transform is None or name.endswith(REFRESHING):  # plain; a refresh is no update
+      continue
+    extra_args = {}
+    if variant.optimizer_extra_args is not None:
+      # What the loop hands the transform, from the refreshers' initial values (all it reads of
+      # the state).
+      refreshed = {refresher.name: refresher.init(key, params) for refresher in variant.refreshers}
+      extra_args = variant.optimizer_extra_args(types.SimpleNamespace(refreshed=refreshed))
+    updaters[name] = (variant.transform, extra_args)
+  calls = {}
+  for name, (transform, extra_args) in updaters.items():
+    update = jax.jit(lambda grads, state, extra_args, transform=transform: transform.update(
+        grads, state, params, **extra_args))
+    calls[name] = functools.partial(update, gradients, transform.init(params), extra_args)
+    jax.block_until_ready(calls[name]())  # compiles
+
+  def milliseconds_per_update(call):
+    start = time.perf_counter()
+    for _ in range(config.timed_steps):
+      outputs = call()
+    jax.block_until_ready(outputs)
+    return 1e3 * (time.perf_counter() - start) / config.timed_steps
+
+  rounds = {name: [] for name in calls}
+  order = np.random.default_rng(0)
+  for _ in range(config.rounds):
+    for name in order.permutation(list(calls)):
+      rounds[name].append(milliseconds_per_update(calls[name]))
+  reference = np.asarray(rounds[ADAMW])
+  return {name: dict(ms_per_update=float(np.median(values)),
+                     ratio_to_adamw_update=float(np.median(np.asarray(values) / reference)))
+          for name, values in rounds.items()}
 
 
 def benchmark_compile(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -615,10 +667,10 @@ def benchmark_sae(settings: ml_collections.ConfigDict) -> dict[str, Any]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the configured sections; writes benchmark.json and returns its contents."""
   sections = [name for name in config.sections.split(",") if name]
-  unknown = sorted(set(sections) - {"transforms", "seeds", "compile", "sae"})
+  unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
     raise training.ConfigError(f"config.sections={config.sections!r}: unknown {unknown}; "
-                               "expected some of 'transforms', 'seeds', 'compile' and 'sae'")
+                               f"expected some of {SECTIONS}")
   if "sae" in sections:
     check_sae_config(config.sae)
   steps_taken = config.warmup_steps + config.rounds * config.timed_steps
@@ -635,6 +687,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       host=platform.processor() or platform.machine(), config=json.loads(config.to_json_best_effort()))
   if "transforms" in sections:
     results["transforms"] = benchmark_transforms(config)
+  if "updates" in sections:
+    results["updates"] = benchmark_updates(config)
   if "seeds" in sections:
     results["seeds"] = benchmark_seeds(config, workdir)
   if "compile" in sections:
@@ -656,6 +710,10 @@ def format_results(results: dict[str, Any]) -> str:
       if "ratio_with_refreshes_amortized" in row:
         lines.append(f"{'  with its refreshes amortized':66s} {'':9s} "
                      f"{row['ratio_with_refreshes_amortized']:7.3f}")
+  if "updates" in results:
+    lines.append(f"{'update alone':66s} {'ms':>9s} {'/ AdamW':>7s}")
+    for name, row in results["updates"].items():
+      lines.append(f"{name:66s} {row['ms_per_update']:9.3f} {row['ratio_to_adamw_update']:7.3f}")
   for num_runs, row in results.get("seeds", {}).items():
     lines.append(f"{num_runs} runs x {row['steps']} steps, one by one vs together: compiling "
                  f"{row['compiling_seconds_one_by_one']:.1f} s vs {row['compiling_seconds_together']:.1f} s "

@@ -47,6 +47,13 @@ class BenchmarkTest(absltest.TestCase):
                            scheduled + (refreshing - scheduled) / results["config"]["refresh_every"])
     for row in results["transforms"].values():
       self.assertGreater(row["ms_per_step"], 0)
+    # Each transform's update alone, against AdamW's update timed in the same rounds.
+    self.assertEqual(set(results["updates"]), {
+        benchmark.ADAMW, "project_out_k4", dictionary, "attribute_dictionary256"})
+    self.assertEqual(results["updates"][benchmark.ADAMW]["ratio_to_adamw_update"], 1.0)
+    for row in results["updates"].values():
+      self.assertGreater(row["ms_per_update"], 0)
+    self.assertIn("update alone", result.stdout)
     seeds = results["seeds"]["2"]
     for speedup in ("compiling_speedup", "cache_warm_speedup", "steady_state_speedup",
                     "separate_jobs_speedup"):

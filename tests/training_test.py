@@ -265,6 +265,23 @@ class InterimEvalSetsTest(absltest.TestCase):
         np.testing.assert_array_equal(values, every.evaluations[step][name], err_msg=name)
     self.assertEqual(set(interim.summary), set(every.summary))
 
+  def test_a_last_and_interim_evaluator_measures_its_last_part_only_at_the_last_step(self):
+    def measuring(name):
+      def evaluate(params, run):
+        return {name: np.asarray(run.step, np.float32) + 0 * params["hidden"]["kernel"][:, 0, 0]}
+      return evaluate
+
+    staged = training.LastAndInterim(last=measuring("probe/last"), interim=measuring("probe/interim"))
+    last_only = training.LastAndInterim(last=measuring("probe/last_only"))
+    result, workdir = _train(_config(eval_every=10, num_seeds=2), evaluators=[staged, last_only])
+    rows = training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    steps_with = lambda name: [row["step"] for row in rows if name in row]
+    self.assertEqual(steps_with("probe/interim"), [0, 10, 20])
+    self.assertEqual(steps_with("probe/last"), [30])
+    self.assertEqual(steps_with("probe/last_only"), [30])
+    self.assertEqual(result.summary["probe/last"], [30.0, 30.0])
+    self.assertNotIn("probe/interim", result.summary)
+
   def test_a_run_resumed_with_fewer_steps_logs_its_last_evaluation_in_full(self):
     def preempt_at_step_20(params, run):
       del params

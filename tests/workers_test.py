@@ -133,6 +133,31 @@ class RunJobsTest(absltest.TestCase):
       with self.assertRaisesRegex(ConfigError, rf"config.workers={bad!r}"):
         training.resolve_workers(bad)
 
+  def test_a_containers_cpu_quota_caps_the_usable_cores(self):
+    directory = tempfile.mkdtemp()
+    v2, quota, period = (os.path.join(directory, name) for name in ("cpu.max", "quota", "period"))
+
+    def usable(v2_text=None, v1_texts=(None, None)):
+      for path, text in ((v2, v2_text), (quota, v1_texts[0]), (period, v1_texts[1])):
+        if os.path.exists(path):
+          os.remove(path)
+        if text is not None:
+          with open(path, "w") as handle:
+            handle.write(text + "\n")
+      with mock.patch.object(_workers, "CGROUP_V2_CPU_MAX", v2), \
+           mock.patch.object(_workers, "CGROUP_V1_CPU_QUOTA", (quota, period)), \
+           mock.patch.object(os, "sched_getaffinity", lambda pid: set(range(64)), create=True):
+        return training.usable_cores(), training.default_workers()
+
+    self.assertEqual(usable(), (64, training.MAX_DEFAULT_WORKERS))  # no quota: the affinity
+    self.assertEqual(usable("max 100000"), (64, training.MAX_DEFAULT_WORKERS))
+    self.assertEqual(usable("200000 100000"), (2, 2))
+    self.assertEqual(usable("150000 100000"), (2, 2))  # 1.5 cores: rounded up
+    self.assertEqual(usable("50000 100000"), (1, 1))
+    self.assertEqual(usable(None, ("-1", "100000")), (64, training.MAX_DEFAULT_WORKERS))  # v1
+    self.assertEqual(usable(None, ("300000", "100000")), (3, 3))
+    self.assertEqual(usable("garbage"), (64, training.MAX_DEFAULT_WORKERS))
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -275,23 +275,24 @@ def make_task_decodability(task: Task, config: ml_collections.ConfigDict,
 
 
 def decodability_evaluator(task: Task, plan: ArmPlan, config: ml_collections.ConfigDict,
-                           measures: TaskDecodability | None = None):
+                           measures: TaskDecodability | None = None) -> training.LastAndInterim:
   """The arm's decodability probes as the model is deployed (with the arm's evaluation-time
-  interventions): at every site of the model at the last step, at its first site before it.
+  interventions): at every site of the model at the last evaluation, at its first site before it.
   ``measures``: a `make_task_decodability` to reuse (made with the plan's evaluation-time
   interventions), or None to make one."""
   if measures is None:
     measures = make_task_decodability(task, config, plan.eval_interventions)
 
-  def evaluate(params, run):
-    last = int(np.asarray(run.step).reshape(-1)[0]) == task.steps
-    measure = measures.every_site if last else measures.first_site
-    result = measure(params, run if plan.eval_interventions is not None else None)
-    metrics = {}
-    for index, site in enumerate(result.sites):
-      metrics[f"decodability/{site}"] = result.heldout_accuracy[:, index]
-      metrics[f"decodability_chance/{site}"] = np.full(result.heldout_accuracy.shape[0],
-                                                       result.chance[index])
-    return metrics
+  def probing(measure):
+    def evaluate(params, run):
+      result = measure(params, run if plan.eval_interventions is not None else None)
+      metrics = {}
+      for index, site in enumerate(result.sites):
+        metrics[f"decodability/{site}"] = result.heldout_accuracy[:, index]
+        metrics[f"decodability_chance/{site}"] = np.full(result.heldout_accuracy.shape[0],
+                                                         result.chance[index])
+      return metrics
+    return evaluate
 
-  return evaluate
+  return training.LastAndInterim(last=probing(measures.every_site),
+                                 interim=probing(measures.first_site))

@@ -15,6 +15,7 @@ from landscape.training._identity import check_fingerprint
 from landscape.training._identity import run_fingerprint
 from landscape.training._loop import ClassificationMetricsError
 from landscape.training._loop import Evaluator
+from landscape.training._loop import LastAndInterim
 from landscape.training._loop import NonFiniteLossError
 from landscape.training._loop import Preempted
 from landscape.training._loop import TrainResult
@@ -70,3 +71,4 @@ from landscape.training._workers import default_workers
 from landscape.training._workers import keep_freed_memory
 from landscape.training._workers import resolve_workers
 from landscape.training._workers import run_jobs
+from landscape.training._workers import usable_cores

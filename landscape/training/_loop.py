@@ -69,6 +69,22 @@ from landscape.training._warm_start import check_initial_params
 Evaluator = Callable[[Any, RunView], Mapping[str, Any]]
 
 
+@dataclasses.dataclass(frozen=True)
+class LastAndInterim:
+  """An evaluator that measures one thing at a run's last evaluation and another before it.
+
+  ``last`` runs at the last step's evaluation (the one tables and criteria read), ``interim`` at
+  every earlier one (the curves over training), or nothing there when None: decodability at every
+  site at the end and at one site before, say. Pass it to `train` among the ``evaluators``.
+  """
+
+  last: Evaluator
+  interim: Evaluator | None = None
+
+  def at(self, *, last: bool) -> Evaluator | None:
+    return self.last if last else self.interim
+
+
 class NonFiniteLossError(FloatingPointError):
   """Training went non-finite (a loss term, the gradient, the update or the parameters).
 
@@ -318,11 +334,12 @@ def interim_eval_sets(config: ml_collections.ConfigDict, dataset: Dataset) -> tu
 class _Evaluations:
   """Evaluates a run-stacked state on the eval sets and with every evaluator; keeps and logs it.
 
-  The last step's evaluation covers every eval set; earlier ones, ``interim_sets``. Evaluators are
-  called at every evaluation (they find the step in the run view).
+  The last step's evaluation covers every eval set; earlier ones, ``interim_sets``. A plain
+  evaluator is called at every evaluation; a `LastAndInterim` calls its part for the stage.
   """
 
-  def __init__(self, evaluate, evaluators: Sequence[Evaluator], writer: MetricsWriter, *,
+  def __init__(self, evaluate, evaluators: Sequence[Evaluator | LastAndInterim],
+               writer: MetricsWriter, *,
                last_step: int, interim_sets: Sequence[str]):
     self._evaluate = evaluate
     self._evaluators = evaluators
@@ -332,10 +349,13 @@ class _Evaluations:
     self.by_step: dict[int, dict[str, np.ndarray]] = {}
 
   def __call__(self, step: int, state: TrainState, *, log: bool = True) -> None:
-    results = self._evaluate(state.params, run_view(state),
-                             None if step == self._last_step else self._interim_sets)
+    last = step == self._last_step
+    results = self._evaluate(state.params, run_view(state), None if last else self._interim_sets)
     for evaluator in self._evaluators:
-      results.update(_sharding.fetch(dict(evaluator(state.params, stacked_run_view(state)))))
+      if isinstance(evaluator, LastAndInterim):
+        evaluator = evaluator.at(last=last)
+      if evaluator is not None:
+        results.update(_sharding.fetch(dict(evaluator(state.params, stacked_run_view(state)))))
     self.by_step[step] = results
     if log:
       self._writer.write(step, results)
@@ -513,7 +533,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
           refreshers: Sequence[Refresher] = (), optimizer_extra_args: ExtraArgsFn | None = None,
           eval_metrics: Mapping[str, MetricFn] = CLASSIFICATION_METRICS,
           eval_interventions: InterventionsFn | None = None,
-          evaluators: Sequence[Evaluator] = (),
+          evaluators: Sequence[Evaluator | LastAndInterim] = (),
           hparam_grid: Sequence[Mapping[str, float]] | None = None,
           param_rules: Sequence[_sharding.ParamRule] = (),
           initial_params: Any = None, progress: bool = True) -> TrainResult:
@@ -529,8 +549,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model, obje
   ``eval_interventions(run, batch)`` are the evaluation forward pass's interventions.
   ``evaluators`` are called at every evaluation with the run-stacked params and `RunView` (its
   step repeated per run, so every leaf has the run axis) and return extra metrics with a leading
-  run axis (decodability probes, say). Evaluations before the last step cover the eval sets named in
-  ``config.interim_eval_sets`` (every set when empty); the last covers every set.
+  run axis (decodability probes, say); a `LastAndInterim` measures one thing at the last
+  evaluation and another (or nothing) before it. Evaluations before the last step cover the eval
+  sets named in ``config.interim_eval_sets`` (every set when empty); the last covers every set.
 
   ``initial_params`` warm-starts the runs: all or part of the model's parameter tree (nested dicts
   with the model's keys), as one set for every run, run-stacked, or a list with one set per run

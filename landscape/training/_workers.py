@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import math
 import multiprocessing
 import os
 import signal
@@ -41,15 +42,54 @@ def _in_a_worker() -> bool:
   return multiprocessing.parent_process() is not None
 
 
+# Where a container's CPU quota is (cgroup v2, then v1): a quota of Q microseconds per period of P
+# lets the processes use Q / P cores, however many the machine shows.
+CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP_V1_CPU_QUOTA = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def _read(path: str) -> str | None:
+  try:
+    with open(path) as handle:
+      return handle.read().strip()
+  except OSError:
+    return None
+
+
+def _quota_cores() -> float | None:
+  """The cores a cgroup CPU quota allows (a fraction allowed), or None where there is none."""
+  v2 = _read(CGROUP_V2_CPU_MAX)
+  if v2 is not None:
+    quota, _, period = v2.partition(" ")
+    fields = (quota, period or "100000")
+  else:
+    fields = tuple(_read(path) for path in CGROUP_V1_CPU_QUOTA)
+  try:
+    quota, period = float(fields[0]), float(fields[1])
+  except (TypeError, ValueError):  # "max", a missing file: no quota
+    return None
+  return quota / period if quota > 0 and period > 0 else None
+
+
+def usable_cores() -> int:
+  """The cores this process may use: its CPU affinity (the machine's count where there is none, as
+  on macOS), fewer where a container's CPU quota allows fewer (rounded up)."""
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else os.cpu_count() or 1)
+  quota = _quota_cores()
+  if quota is not None:
+    cores = min(cores, math.ceil(quota))
+  return max(1, cores)
+
+
 def default_workers() -> int:
-  """The worker processes `run_jobs` uses for ``workers=0``: the cores this process may use, at
-  most `MAX_DEFAULT_WORKERS`, on a single-process CPU backend; 1 on a GPU or TPU, across
-  processes, and inside a worker (jobs of a job run one after another)."""
+  """The worker processes `run_jobs` uses for ``workers=0``: `usable_cores`, at most
+  `MAX_DEFAULT_WORKERS`, on a single-process CPU backend; 1 on a GPU or TPU, across processes,
+  and inside a worker (jobs of a job run one after another). A CPU quota counts: on a runner
+  limited to 2 of 64 cores, more workers than 2 would only take turns."""
   if jax.default_backend() != "cpu" or jax.process_count() > 1 or _in_a_worker():
     return 1
-  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")  # not on macOS
-           else os.cpu_count() or 1)
-  return max(1, min(cores, MAX_DEFAULT_WORKERS))
+  return min(usable_cores(), MAX_DEFAULT_WORKERS)
 
 
 def resolve_workers(workers: int, *, field: str = "config.workers") -> int:
