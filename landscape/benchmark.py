@@ -674,7 +674,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if "sae" in sections:
     check_sae_config(config.sae)
   steps_taken = config.warmup_steps + config.rounds * config.timed_steps
-  if steps_taken >= config.refresh_every:
+  if "transforms" in sections and steps_taken >= config.refresh_every:
     # The amortized ratio assumes that no step of the scheduled dictionary variant refreshes.
     raise training.ConfigError(
         f"config.refresh_every={config.refresh_every}: must exceed the {steps_taken} steps each "
