@@ -14,10 +14,11 @@ style).
 Presets: "" (every arm, 5 seeds, a 2-layer GPT of width 32 and a 128-feature SAE; at most 15
 minutes on a 2-core CPU), "smoke" (every arm, 2 seeds, a 1-layer GPT, a few steps, no timing of
 the attribution's cost: mostly compilation, for tests), "planted" (the default with the style
-absent from the fine-tuning data: no style attribution above the random features' level is
-expected; at smoke size the test checks it on the ``oracle`` arm, which fine-tunes on the same
-examples without the style), "gpu" (a 4-layer GPT of width 256, a 16,384-feature SAE at its
-middle, a larger vocabulary and longer prose, 1,000 fine-tuning steps: sized for one GPU, not
+absent from the fine-tuning data, the issue's planted setting: the report's "style minus null
+level" is then the planted check, no style attribution above the random-feature level; at smoke
+size that check is not met, and the test asks instead that the style's share over the null level
+rise with the style in the data, paired by seed on 16 seeds), "gpu" (a 4-layer GPT of width 256, a
+16,384-feature SAE at its middle, a larger vocabulary and longer prose, 1,000 fine-tuning steps: sized for one GPU, not
 tuned; its config is validated by the tests, never trained there).
 Arms that differ only in which features their gains act on and in the gains train as one job (one
 program); asking for one of them trains the whole job. Rerunning the same command resumes: the base
@@ -41,7 +42,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.arms = ",".join(ARMS)
   config.site = "blocks.0.resid_post"  # the middle of the residual stream of a 2-layer GPT
   config.group_size = 8                # features per group (style, skill, and each control)
-  config.roles = "writes"              # links the gains act at (the attribution reads "writes")
+  config.null_groups = 32              # random groups, matched on activation to the style group,
+                                       # whose mean span share is the null level
+  # The parameters the gains and the attribution act on: "stream", every residual-stream site's
+  # links (embeddings, every block's attention/MLP in and out, the tied unembedding: the residual
+  # stream is one space); "site", config.site's own links only (the first runs').
+  config.coverage = "stream"
+  config.roles = "writes,reads"        # link roles the gains act at (the attribution: "writes")
   config.long_factor = 5
   config.eval_size = 256
   config.probe_size = 256              # examples of each labelling probe set
@@ -80,6 +87,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.evaluations = 2
     config.attribution_log_every = 2
     config.group_size = 3
+    config.null_groups = 16
     config.long_factor = 2
     config.eval_size = 32
     config.probe_size = 32

@@ -2,15 +2,19 @@
 program) per job, every arm of the job a set of points of its grid of hyper-parameters.
 
 Every arm warm-starts from the base model, fine-tunes with Adam and ends its optimizer chain with
-`transforms.attribute` over every SAE feature (so the attribution is of the update the arm
-applies). Gains on SAE features act through `transforms.scale_along` over the span of the chosen
-features' decoder rows, at the links that write into the site (the same links the attribution
-reads). The spans are data, not constants of the program: every run holds the spans of all the
-feature sets (`FeatureSpans`, a refreshed value that never changes) and picks one per gain by an
-integer hyper-parameter, its gain a float one. So ``plain`` (gains 1), ``suppress``, ``amplify``,
-``suppress_amplify`` and both controls are points of one job's grid, trained in one program;
-``plain_long`` and ``suppress_long`` another; ``plain_live`` and ``suppress_live`` (the span of
-the live SAE's current style rows) a third.
+`transforms.attribute` over every SAE feature and the span shares of the feature sets (so the
+attribution is of the update the arm applies). Gains on SAE features act through
+`transforms.scale_along` over the span of the chosen features' decoder rows, on the parameters of
+``config.coverage`` with the roles of ``config.roles`` (`_setting.coverage_links`; by default every
+writer and every reader of the residual stream: the embeddings, every block's attention and MLP
+input and output matrices, the tied unembedding; on a reader, which reads LayerNorm's output, the
+span scaled is the stream's own, not mapped through LayerNorm's gamma and centring: exact for
+writers, approximate for readers). The spans are data, not constants of the
+program: every run holds the spans of all the feature sets (`FeatureSpans`, a refreshed value that
+never changes) and picks one per gain by an integer hyper-parameter, its gain a float one. So
+``plain`` (gains 1), ``suppress``, ``amplify``, ``suppress_amplify`` and both controls are points
+of one job's grid, trained in one program; ``plain_long`` and ``suppress_long`` another;
+``plain_live`` and ``suppress_live`` (the span of the live SAE's current style rows) a third.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -30,20 +33,26 @@ from landscape import sae as sae_lib
 from landscape import training
 from landscape import transforms
 from landscape.concept_attribution._measures import LIVE_SAE
+from landscape.concept_attribution._measures import LIVE_SHARE_BASES
 from landscape.concept_attribution._measures import LIVE_SPAN
 from landscape.concept_attribution._measures import ROWS_ARG
 from landscape.concept_attribution._measures import attribution_directions
 from landscape.concept_attribution._measures import code_change_attribution
+from landscape.concept_attribution._measures import feature_spans
+from landscape.concept_attribution._measures import live_share_bases
+from landscape.concept_attribution._measures import span_share_attribution
 from landscape.concept_attribution._setting import FEATURE_SETS
-from landscape.concept_attribution._setting import FeatureSpans
 from landscape.concept_attribution._setting import Setting
+from landscape.concept_attribution._setting import coverage_links
 from landscape.training import ConfigError
 
 Grid = list[dict[str, float]]
 ARM_HPARAM = "arm"            # every job's grid: the index in ARMS of the arm a run belongs to
 SPANS = "feature_spans"       # the refreshed `FeatureSpans`
 LIVE_STYLE_SPAN = "style_live_span"  # the live SAE's style span (refresher and extra arg)
-GAIN_SLOTS = ("style", "skill")      # the two gains of the gain jobs, applied in this order
+# The two gains of the gain jobs, applied in this order: the style's last, so that a style gain
+# of 0 leaves nothing in the style span even where the skill span overlaps it.
+GAIN_SLOTS = ("skill", "style")
 
 
 @dataclasses.dataclass
@@ -55,7 +64,6 @@ class ArmPlan:
   optimizer: optax.GradientTransformationExtraArgs
   refreshers: tuple[Any, ...] = ()
   optimizer_extra_args: Callable[[training.TrainState], Mapping[str, Any]] | None = None
-  live: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,33 +122,32 @@ def scale_along_by(directions: transforms.Directions, gain_arg: str
   return optax.GradientTransformationExtraArgs(fixed.init, update_fn)
 
 
-def _roles(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def roles_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The link roles the gains act at (``config.roles``)."""
   return tuple(role for role in config.roles.split(",") if role)
 
 
 def feature_span(setting: Setting, features, config: ml_collections.ConfigDict, *,
                  extra_arg: str | None = None) -> transforms.Directions:
-  """The span of the chosen features' decoder rows at the site, at the links of ``config.roles``
-  (with ``extra_arg``, new span bases arrive through it)."""
-  return sae_lib.feature_directions(setting.sae, setting.model.site_links, site=setting.site,
-                                    features=features, roles=_roles(config), extra_arg=extra_arg)
-
-
-def feature_spans(setting: Setting, config: ml_collections.ConfigDict) -> FeatureSpans:
-  """The span basis of every set of ``FEATURE_SETS`` (computed in float64 by
-  `transforms.dictionary_directions`, stored float32), stacked."""
-  bases = [feature_span(setting, getattr(setting.groups, name), config).bases[setting.site]
-           for name in FEATURE_SETS]
-  return FeatureSpans(bases_GxRxD=jnp.stack(bases))
+  """The span of the chosen features' decoder rows at the site, acting on the parameters of the
+  setting's coverage with the roles of ``config.roles`` (`_setting.coverage_links`; with
+  ``extra_arg``, new span bases arrive through it)."""
+  roles = roles_of(config)
+  links = coverage_links(setting.model, setting.site, setting.coverage, roles)
+  return sae_lib.feature_directions(setting.sae, links, site=setting.site, features=features,
+                                    roles=roles, extra_arg=extra_arg)
 
 
 def _chain(config: ml_collections.ConfigDict, setting: Setting, *gains,
-           attribution: Any = None) -> optax.GradientTransformationExtraArgs:
-  """Adam, the arm's gains, then the attributions of the update applied: the decoder-row one and
-  the signed code change on the probe inputs (`code_change_attribution`)."""
+           attribution: Any = None, span_shares: Any = None
+           ) -> optax.GradientTransformationExtraArgs:
+  """Adam, the arm's gains, then the attributions of the update applied: the decoder-row one, the
+  span shares of the feature sets (the base SAE's unless ``span_shares`` is given) and the signed
+  code change on the probe inputs (`code_change_attribution`)."""
   attribution = attribution or transforms.attribute(attribution_directions(setting))
+  span_shares = span_shares or span_share_attribution(setting)
   probe = setting.probes.finetune["inputs"][:config.code_change_examples]
-  return optax.chain(optax.adam(config.learning_rate), *gains, attribution,
+  return optax.chain(optax.adam(config.learning_rate), *gains, attribution, span_shares,
                      code_change_attribution(setting, probe))
 
 
@@ -178,7 +185,7 @@ def _feature_gains(setting: Setting, config: ml_collections.ConfigDict) -> ArmPl
     return args
 
   return dataclasses.replace(_plain(setting, config), optimizer=_chain(config, setting, *gains),
-                             refreshers=(training.FixedValue(SPANS, feature_spans(setting, config)),),
+                             refreshers=(training.FixedValue(SPANS, feature_spans(setting)),),
                              optimizer_extra_args=extra_args)
 
 
@@ -186,7 +193,9 @@ def _live(setting: Setting, config: ml_collections.ConfigDict) -> ArmPlan:
   """Fine-tuning attributed along a live SAE: the base SAE kept current on the fine-tuning data
   (``config.live``), its rows and span read each step; the update's component in the span of the
   live SAE's current style rows (the base labels' features, their rows as the live SAE has them
-  now, re-estimated with the SAE) scaled by ``hparams["style_gain"]`` (1: plain)."""
+  now, re-estimated with the SAE) scaled by ``hparams["style_gain"]`` (1: plain). The span shares
+  are along the live SAE's current spans of the same groups (`_measures.LiveShareBases`): at gain
+  1 the updates are plain's, and only the spans they are read along differ."""
   settings = config.live
   refresher = sae_lib.live_sae(LIVE_SAE, model=setting.model, site=setting.site,
                                data=setting.finetune, every=settings.every, sae=setting.sae,
@@ -199,18 +208,23 @@ def _live(setting: Setting, config: ml_collections.ConfigDict) -> ArmPlan:
   style = feature_span(setting, setting.groups.style, config, extra_arg=LIVE_STYLE_SPAN)
   style_span = transforms.span_refresher(style, every=settings.every,
                                          source=refresher.decoder_source())
+  share_bases = live_share_bases(setting, every=settings.every)
   attribution = transforms.attribute(directions, rows_arg=ROWS_ARG)
+  span_shares = span_share_attribution(setting, bases_arg=LIVE_SHARE_BASES, rows_arg=ROWS_ARG)
   gain = scale_along_by(style, "style_gain")
 
   def extra_args(state):
     return {LIVE_SPAN: state.refreshed[LIVE_SPAN],
             LIVE_STYLE_SPAN: state.refreshed[LIVE_STYLE_SPAN],
+            LIVE_SHARE_BASES: state.refreshed[LIVE_SHARE_BASES],
             "style_gain": state.hparams["style_gain"],
             ROWS_ARG: {setting.site: state.refreshed[LIVE_SAE].sae.W_dec}}
 
-  return dataclasses.replace(_plain(setting, config), refreshers=(refresher, span, style_span),
-                             optimizer=_chain(config, setting, gain, attribution=attribution),
-                             optimizer_extra_args=extra_args, live=True)
+  return dataclasses.replace(_plain(setting, config),
+                             refreshers=(refresher, span, style_span, share_bases),
+                             optimizer=_chain(config, setting, gain, attribution=attribution,
+                                              span_shares=span_shares),
+                             optimizer_extra_args=extra_args)
 
 
 def _ablate(setting: Setting, config: ml_collections.ConfigDict) -> ArmPlan:

@@ -1,13 +1,26 @@
 """What is measured of every arm: the attribution of updates to SAE features, per group and per data
 source, the style rate, the SAE features' activation, and the style's decodability at every site.
 
-Attribution (a choice the issue leaves open). An update is attributed by projecting the update
-of the matrices that write into the site onto each SAE decoder row (`transforms.attribute` over
-the SAE's decoder as a dictionary, ``roles=("writes",)``): for every feature k with decoder row
-d_k, ``magnitude_k = ||U d_k||`` over every linked slice U of the update (the change of what the
-writers put along d_k, whatever the input), and ``share_k = ||U d_k||^2 / (||U||^2 ||d_k||^2)``.
-Each feature is measured on its own row: this is neither a decomposition of the update into a sum
-over features nor the SAE's encoder.
+Which parameters (`_setting.coverage_links`). With ``config.coverage="stream"`` (the default) the
+attribution reads every parameter that writes into the residual stream: the token and position
+embeddings and every block's ``attention.out`` and ``mlp.out``. The stream is one D-dimensional
+space in a pre-LayerNorm GPT, so an SAE decoder row at any residual site is a direction every
+writer can write along; the pirate words and ``ARR``, tokens the base model never saw, are learned
+mostly in their embeddings, which the writers of one middle site do not include. With
+``coverage="site"`` (the first runs') only the writers of the SAE's site are read. Readers are left
+out of the attribution (the gains act on them too): a reader's change along d_k is a change in how
+the stream is read, not in what is written along the feature, and one norm over both would mix the
+two questions. The readers (``attention.qkv``, ``mlp.hidden``, the unembedding) read LayerNorm's
+output, in which the stream's direction d_k appears as gamma * (d_k minus its mean) (up to the
+per-token scale): the span the gains scale on a reader's input axis is the stream's span, exact
+for writers, an approximation for readers (not mapped through gamma and the centring).
+
+Attribution per feature (a choice the issue leaves open). The update of those writers is projected
+onto each SAE decoder row (`transforms.attribute` over the SAE's decoder as a dictionary): for
+every feature k with decoder row d_k, ``magnitude_k = ||U d_k||`` over every linked slice U of the
+update (the change of what the writers put along d_k, whatever the input), and
+``share_k = ||U d_k||^2 / (||U||^2 ||d_k||^2)``. Each feature is measured on its own row: this is
+neither a decomposition of the update into a sum over features nor the SAE's encoder.
 
 * Not least squares: with F > D rows (overcomplete, not orthogonal) the coefficients c with
   U = sum_k c_k d_k are not unique, and the minimum-norm choice spreads an update along one row over
@@ -16,26 +29,30 @@ over features nor the SAE's encoder.
   depends on the input; its first-order code change on a probe batch is the second, signed
   attribution here (`code_change_attribution`, a JVP), logged beside this one.
 
-The row projection is chosen as the main attribution because it needs no probe batch and no extra
-forward pass (a Gram matrix per step, O(M D^2 + F D^2)), and because it is what the gains act on:
-`scale_along` with gain g on the span of a group's rows multiplies each of the group's U d_k by
-exactly g (d_k lies in the span), so "suppress" (g = 0) zeroes precisely the group's attributed
-magnitudes; other features' projections change too where their rows overlap the span. It is
-unsigned: whether a feature named by it actually strengthens is checked against the feature's
-activation over fine-tuning (`rank_correlation`). The TopK SAEs here keep unit-norm decoder rows,
-so ranking by magnitude and by share agree.
+The row projection needs no probe batch and no extra forward pass (a Gram matrix per step,
+O(M D^2 + F D^2)), and it is what the gains act on: `scale_along` with gain g on the span of a
+group's rows multiplies each of the group's U d_k by exactly g (d_k lies in the span). It is
+unsigned: whether a feature named by it strengthens is checked against the feature's activation
+over fine-tuning (`rank_correlation`). The TopK SAEs keep unit-norm decoder rows, so ranking by
+magnitude and by share agree.
 
-Group shares. A group's share is the sum of its features' shares. The shares of all F features
-sum to ``sum_k ||U d^_k||^2 / ||U||^2``, which is 1 for an orthonormal dictionary and can exceed 1
-for an overcomplete one (rows are not orthogonal): the group shares (style + skill + other) sum to
-that total, not to 1; ``transform/{site}/total_share`` is the share in the span of all rows.
+Group shares are span shares (`span_share_attribution`): a group's share is the share of the
+update's squared norm in the span of its decoder rows, ``||U Q^T||^2 / ||U||^2`` with Q an
+orthonormal basis of that span (`transforms.span_basis`'s rule, computed in float64 once). It lies
+in [0, 1], and a group of R random rows in D dimensions has about R / D of an isotropic update:
+the null level, the mean span share of random groups matched on activation to the style group
+(`FeatureGroups.null_groups`), is the level to compare with. Criterion 1's pre-registered
+quantity (the first runs': magnitudes over the writers of the SAE's site only) is logged beside
+the stream's as ``site_writer_magnitude`` by `span_share_attribution`. (Sums of single-row shares, the
+first runs' group shares, count overlapping rows twice and exceed 1 for an overcomplete
+dictionary.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -48,23 +65,195 @@ from landscape import directions
 from landscape import sae as sae_lib
 from landscape import training
 from landscape import transforms
-from landscape.concept_attribution._setting import GROUPS
+from landscape.concept_attribution._setting import FEATURE_SETS
+from landscape.concept_attribution._setting import FeatureSpans
 from landscape.concept_attribution._setting import Setting
+from landscape.concept_attribution._setting import coverage_links
 from landscape.concept_attribution._setting import site_codes
 from landscape.data import _pirate_arithmetic as pirate
 from landscape.sites import BadInputError
+from landscape.sites import path_string
 
 LIVE_SAE = "sae"        # the live SAE refresher's name
+LIVE_SHARE_BASES = "share_bases"  # the live span-share bases' refresher, and their extra arg
 LIVE_SPAN = "span"      # its span refresher's name, and the extra arg of the span basis
 ROWS_ARG = "sae_rows"   # the extra arg through which attribute reads the live SAE's rows
 SOURCES = ("mix", "style_only", "skill_only")
 
 
-def attribution_directions(setting: Setting, *, extra_arg: str | None = None
-                           ) -> transforms.Directions:
-  """Every feature of the SAE, as a dictionary at the site, over the links that write into it."""
-  return sae_lib.feature_directions(setting.sae, setting.model.site_links, site=setting.site,
-                                    roles=("writes",), extra_arg=extra_arg)
+def attribution_directions(setting: Setting, *, extra_arg: str | None = None,
+                           coverage: str | None = None) -> transforms.Directions:
+  """Every feature of the SAE, as a dictionary at the site, over the writers of ``coverage`` (the
+  setting's when None; `_setting.coverage_links`)."""
+  links = coverage_links(setting.model, setting.site, coverage or setting.coverage, ("writes",))
+  return sae_lib.feature_directions(setting.sae, links, site=setting.site, roles=("writes",),
+                                    extra_arg=extra_arg)
+
+
+SPAN_RTOL = 1e-4  # the rank cut of every span basis (`transforms.span_basis`'s default)
+
+
+def span_basis_float64(rows_RxD: np.ndarray) -> np.ndarray:
+  """(R, D) an orthonormal basis of the span of ``rows_RxD``, computed in float64 with
+  `transforms.span_basis`'s rule: rows past the span's rank (singular values at or below
+  ``SPAN_RTOL`` times the largest) are zero."""
+  rows = np.asarray(rows_RxD, np.float64)
+  _, singular_values, vt = np.linalg.svd(rows, full_matrices=False)
+  keep = singular_values > SPAN_RTOL * singular_values[0]
+  return vt * keep[:, None]
+
+
+def share_groups(setting: Setting) -> np.ndarray:
+  """(G + K, R) int: the features of every set of ``FEATURE_SETS`` then of the K null groups, the
+  groups whose spans `span_share_attribution` reports."""
+  groups = [np.asarray(getattr(setting.groups, name)) for name in FEATURE_SETS]
+  return np.concatenate([np.stack(groups), np.asarray(setting.groups.null_groups,
+                                                      np.int64).reshape(-1, len(groups[0]))])
+
+
+def feature_spans(setting: Setting) -> FeatureSpans:
+  """The span basis of every set of ``FEATURE_SETS`` (float64 `span_basis_float64`, stored
+  float32), stacked."""
+  decoder = np.asarray(setting.sae.W_dec, np.float64)
+  return FeatureSpans(bases_GxRxD=jnp.asarray(np.stack([
+      span_basis_float64(decoder[getattr(setting.groups, name)]) for name in FEATURE_SETS]),
+                                              jnp.float32))
+
+
+def span_share_bases(setting: Setting) -> jax.Array:
+  """(G + K, R, D) float32: the span bases of ``FEATURE_SETS`` then of the K null groups
+  (`share_groups`), the spans `span_share_attribution` reports."""
+  decoder = np.asarray(setting.sae.W_dec, np.float64)
+  return jnp.asarray(np.stack([span_basis_float64(decoder[group])
+                               for group in share_groups(setting)]), jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LiveShareBases:
+  """A refresher of the training loop: the span bases of `share_groups` along a live SAE's
+  current decoder rows, (G + K, R, D), recomputed (`transforms.span_basis`, float32) every
+  ``every`` steps from the live SAE refresher ``sae_name`` (listed before it); it starts as the
+  base SAE's (`span_share_bases`)."""
+
+  name: str
+  sae_name: str
+  every: int
+  groups_GxR: np.ndarray
+  initial: jax.Array
+
+  def init(self, key: jax.Array, params: Any) -> jax.Array:
+    del key, params
+    return self.initial
+
+  def update(self, value: jax.Array, *, params: Any, step: jax.Array, key: jax.Array,
+             run: Any) -> jax.Array:
+    del params, key
+
+    def refresh():
+      decoder = run.refreshed[self.sae_name].sae.W_dec
+      bases = jax.vmap(lambda group: transforms.span_basis(decoder, group, rtol=SPAN_RTOL))(
+          jnp.asarray(self.groups_GxR))
+      return bases.astype(value.dtype)
+
+    return jax.lax.cond(step % self.every == 0, refresh, lambda: value)
+
+
+def live_share_bases(setting: Setting, *, every: int) -> LiveShareBases:
+  return LiveShareBases(name=LIVE_SHARE_BASES, sae_name=LIVE_SAE, every=every,
+                        groups_GxR=share_groups(setting), initial=span_share_bases(setting))
+
+
+def writer_gram(directions: transforms.Directions, updates: Any, width: int) -> jax.Array:
+  """(D, D) float32 U^T U, U stacking ``updates``' vectors along every link of ``directions``
+  (one site; each link's axis of width D), HIGHEST precision."""
+  leaves = {path_string(keypath): leaf
+            for keypath, leaf in jax.tree_util.tree_flatten_with_path(updates)[0]}
+  gram = jnp.zeros((width, width), jnp.float32)
+  for along in directions.alongs:
+    leaf = leaves[along.path]
+    piece = leaf if along.index is None else leaf[along.index]
+    rows = jnp.moveaxis(piece.astype(jnp.float32), along.axis, -1).reshape(-1, width)
+    gram = gram + jnp.einsum("md,me->de", rows, rows, precision=jax.lax.Precision.HIGHEST)
+  return gram
+
+
+def row_magnitudes(gram_DxD: jax.Array, rows_FxD: jax.Array) -> jax.Array:
+  """(F,) ||U d_k|| for every row d_k, from the Gram matrix U^T U: sqrt(d_k^T G d_k), clipped at
+  0 (a magnitude near 0 reads about sqrt(eps) ||U|| ||d_k||, as `transforms.attribute`'s Gram
+  route)."""
+  rows = rows_FxD.astype(jnp.float32)
+  squared = jnp.einsum("fd,de,fe->f", rows, gram_DxD, rows, precision=jax.lax.Precision.HIGHEST)
+  return jnp.sqrt(jnp.clip(squared, 0.0))
+
+
+def span_shares(directions: transforms.Directions, updates: Any, bases_GxRxD: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """((G,) the share of the squared norm of ``updates``' linked vectors in each span, () that
+  norm), over every link of ``directions`` (one site): ``||U Q_g^T||^2 / ||U||^2``, U stacking
+  the vectors along each link's axis, Q_g the (R, D) orthonormal basis ``bases_GxRxD[g]`` (zero
+  rows allowed). Through one D x D Gram matrix in float32, HIGHEST precision: each share errs by
+  about eps (float32) absolute. 0 for a zero update."""
+  gram = writer_gram(directions, updates, bases_GxRxD.shape[-1])
+  norm_squared = jnp.trace(gram)
+  in_span = jnp.einsum("grd,de,gre->g", bases_GxRxD.astype(jnp.float32), gram,
+                       bases_GxRxD.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+  safe = jnp.where(norm_squared > 0, norm_squared, 1.0)
+  shares = jnp.where(norm_squared > 0, jnp.clip(in_span, 0.0) / safe, 0.0)
+  return shares, jnp.sqrt(norm_squared)
+
+
+class SpanShareState(NamedTuple):
+  """State of `span_share_attribution`: ``metrics`` name -> float32 array."""
+
+  metrics: dict[str, jax.Array]
+
+
+def span_share_attribution(setting: Setting, *, bases_arg: str | None = None,
+                           rows_arg: str | None = None) -> optax.GradientTransformationExtraArgs:
+  """Reports, without changing the update, its span share in each feature set of
+  ``FEATURE_SETS`` and in each null group (`span_shares` over the writers of
+  `attribution_directions`, spans `span_share_bases`): metric ``f"{site}/span_share"`` (G + K,),
+  ``FEATURE_SETS`` first; and ``f"{site}/site_writer_magnitude"`` (F,), ||U d_k|| over the
+  writers of the SAE's site only (criterion 1's pre-registered quantity, `row_magnitudes`).
+
+  With ``bases_arg``, the (G + K, R, D) bases arrive each step through that extra arg (a live
+  SAE's current spans, `LiveShareBases`); with ``rows_arg``, the decoder rows (site -> (F, D)).
+
+  Raises:
+    BadInputError: at update, when ``bases_arg`` or ``rows_arg`` is not among the extra args.
+  """
+  directions = attribution_directions(setting)
+  site_writers = attribution_directions(setting, coverage="site")
+  fixed_bases = jnp.asarray(span_share_bases(setting), jnp.float32)
+  fixed_rows = jnp.asarray(setting.sae.W_dec, jnp.float32)
+  name = f"{setting.site}/span_share"
+  magnitude_name = f"{setting.site}/site_writer_magnitude"
+
+  def from_extra_args(extra_args, arg, fixed, what):
+    if arg is None:
+      return fixed
+    if arg not in extra_args:
+      raise BadInputError(f"span_share_attribution: extra arg {arg!r} ({what}) not given; got "
+                          f"{sorted(extra_args)}")
+    value = extra_args[arg]
+    return value[setting.site] if isinstance(value, dict) else value
+
+  def init_fn(params):
+    directions.check_params(params, what="span_share_attribution: params")
+    return SpanShareState(metrics={name: jnp.zeros((fixed_bases.shape[0],), jnp.float32),
+                                   magnitude_name: jnp.zeros((fixed_rows.shape[0],),
+                                                             jnp.float32)})
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del state, params
+    bases = from_extra_args(extra_args, bases_arg, fixed_bases, "the span bases")
+    rows = from_extra_args(extra_args, rows_arg, fixed_rows, "the decoder rows")
+    shares, _ = span_shares(directions, updates, bases)
+    gram = writer_gram(site_writers, updates, fixed_rows.shape[-1])
+    return updates, SpanShareState(metrics={name: shares,
+                                            magnitude_name: row_magnitudes(gram, rows)})
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 class CodeChangeState(NamedTuple):
@@ -119,10 +308,33 @@ def code_change_attribution(setting: Setting, probe_inputs: Any
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def group_shares(share_F: np.ndarray, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """group -> the sum of its features' shares, over the last axis (see the module docstring)."""
-  share = np.asarray(share_F, np.float64)
-  return {group: share[..., mask].sum(axis=-1) for group, mask in masks.items()}
+class SpanShares(NamedTuple):
+  """Span shares (each (...,)): every set of ``FEATURE_SETS``, and ``null``, the null level (the
+  mean over the null groups)."""
+
+  style: Any
+  skill: Any
+  random: Any
+  by_activation: Any
+  null: Any
+
+
+SHARE_NAMES = SpanShares._fields
+assert SHARE_NAMES[:len(FEATURE_SETS)] == FEATURE_SETS
+
+
+def group_span_shares(span_share: Any) -> SpanShares:
+  """The `SpanShares` of the last axis of a logged ``span_share`` (..., G + K); traceable.
+
+  Raises:
+    BadInputError: fewer than G + 1 entries (no null group logged).
+  """
+  share = span_share if isinstance(span_share, jax.Array) else np.asarray(span_share, np.float64)
+  if share.shape[-1] <= len(FEATURE_SETS):
+    raise BadInputError(f"group_span_shares: span_share of shape {share.shape} holds no null "
+                        f"group (expected more than {len(FEATURE_SETS)} entries on its last axis)")
+  return SpanShares(*(share[..., index] for index in range(len(FEATURE_SETS))),
+                    null=share[..., len(FEATURE_SETS):].mean(axis=-1))
 
 
 def sequence_log_probability(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
@@ -197,40 +409,27 @@ def data_task(world, arithmetic_rate, correct_rate, style_rate, answer_weight):
 
 
 def source_attribution(setting: Setting, config: ml_collections.ConfigDict):
-  """``(stacked params, stacked rows (S, F, D)) -> {"source/{source}/{group}"}`` (S,), jitted: the
-  group shares of the gradient each data source's fixed batch gives at the current parameters (a
-  gradient, not an Adam update: the update of one source alone has no moment history of its
-  own), along the rows given (the base SAE's decoder, or a live SAE's current one)."""
-  model, site = setting.model, setting.site
-  tx = transforms.attribute(attribution_directions(setting), rows_arg=ROWS_ARG)
-  masks = {group: jnp.asarray(mask) for group, mask in
-           setting.groups.masks(setting.sae.d_sae).items() if group in GROUPS}
+  """``(stacked params) -> {"source/{source}/{set}"}`` (S,), jitted: the span share in each
+  field of `SpanShares` (`span_shares`, over the writers of
+  `attribution_directions`, along the base SAE's spans) of the gradient each data source's fixed
+  batch gives at the current parameters (a gradient, not an Adam update: the update of one source
+  alone has no moment history of its own)."""
+  model = setting.model
+  directions = attribution_directions(setting)
+  bases = jnp.asarray(span_share_bases(setting), jnp.float32)
   batches = source_batches(setting, config)
 
-  def one(params, rows):
+  def one(params):
     metrics = {}
     for source, batch in batches.items():
       grads = jax.grad(lambda p, batch=batch: _cross_entropy(model, p, batch))(params)
-      _, state = tx.update(grads, tx.init(params), **{ROWS_ARG: {site: rows}})
-      share = state.metrics[f"{site}/share"]
-      for group, mask in masks.items():
-        metrics[f"source/{source}/{group}"] = jnp.sum(jnp.where(mask, share, 0.0))
+      shares, _ = span_shares(directions, grads, bases)
+      for name, value in group_span_shares(shares)._asdict().items():
+        metrics[f"source/{source}/{name}"] = value
     return metrics
 
-  return jax.jit(jax.vmap(one), compiler_options=training.compiler_options())
-
-
-def source_evaluator(setting: Setting, compiled, *, live: bool):
-  """`source_attribution` as an evaluator ``(params, run) -> metrics``; with ``live`` along the
-  live SAE's current decoder, else the base SAE's."""
-  fixed_rows = jnp.asarray(setting.sae.W_dec, jnp.float32)
-
-  def evaluate(params, run):
-    if live:
-      return run_by_run(compiled, params, run.refreshed[LIVE_SAE].sae.W_dec)
-    return run_by_run(lambda params: compiled(params, fixed_rows[None]), params)
-
-  return evaluate
+  compiled = jax.jit(jax.vmap(one), compiler_options=training.compiler_options())
+  return lambda params, run: run_by_run(compiled, params)
 
 
 def feature_evaluator(setting: Setting):
@@ -258,17 +457,17 @@ def style_decodability(setting: Setting, config: ml_collections.ConfigDict):
       compiler_options=training.compiler_options())
 
 
-def decodability_evaluator(measure, final_step: int):
-  """At the last step only: ``decodability/{site}`` (S,), the held-out accuracy of `measure`."""
+def decodability_evaluator(measure) -> training.LastAndInterim:
+  """At the last evaluation only: ``decodability/{site}`` (S,), the held-out accuracy of
+  `measure`."""
 
   def evaluate(params, run):
-    if int(np.asarray(run.step).reshape(-1)[0]) != final_step:
-      return {}
+    del run
     result = measure(params)
     return {f"decodability/{site}": result.heldout_accuracy[:, index]
             for index, site in enumerate(result.sites)}
 
-  return evaluate
+  return training.LastAndInterim(last=evaluate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,10 +480,10 @@ class Evaluators:
   features: Callable[..., Any]
   decodability: Any
 
-  def for_arm(self, setting: Setting, *, live: bool, final_step: int) -> list[Callable[..., Any]]:
-    evaluators = [self.style, source_evaluator(setting, self.sources, live=live), self.features]
+  def for_arm(self) -> list[Callable[..., Any] | training.LastAndInterim]:
+    evaluators = [self.style, self.sources, self.features]
     if self.decodability is not None:
-      evaluators.append(decodability_evaluator(self.decodability, final_step))
+      evaluators.append(decodability_evaluator(self.decodability))
     return evaluators
 
 
@@ -299,7 +498,9 @@ def make_evaluators(setting: Setting, config: ml_collections.ConfigDict) -> Eval
 def attribution_overhead(setting: Setting, config: ml_collections.ConfigDict, *,
                          repeats: int = 100) -> dict[str, float]:
   """Milliseconds per fine-tuning step of one run (loss, gradient, Adam) without attribution, with
-  the decoder-row attribution over every feature, and with both attributions; and the ratios. The
+  the decoder-row attribution over every feature and the span shares (`span_share_attribution`,
+  as every arm runs them each step), and with the signed code-change attribution too (every arm's
+  chain); and the ratios. The
   median of ``repeats`` timed steps of each after one compiled warm-up step, the three timed in
   turn (so a change of the machine's load touches all three alike), each step blocked on."""
   model = setting.model
@@ -310,9 +511,11 @@ def attribution_overhead(setting: Setting, config: ml_collections.ConfigDict, *,
   chains = {
       "without": optax.adam(config.learning_rate),
       "with": optax.chain(optax.adam(config.learning_rate),
-                          transforms.attribute(attribution_directions(setting))),
+                          transforms.attribute(attribution_directions(setting)),
+                          span_share_attribution(setting)),
       "with_both": optax.chain(optax.adam(config.learning_rate),
                                transforms.attribute(attribution_directions(setting)),
+                               span_share_attribution(setting),
                                code_change_attribution(setting, probe))}
   compiled, states = {}, {}
   for name, optimizer in chains.items():

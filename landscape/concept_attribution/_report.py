@@ -1,9 +1,10 @@
 """report.md, its figures, summary.json and metrics.jsonl, computed from the arms' own files.
 
 Four steps: load (every arm's grid points, read back: `load_results`), judge (the pre-registered
-criteria, and the checks of the attribution beside them: does it name the features whose
-activation rises, is the style's share above the random features' level, per data source),
-figures, and markdown. Differences between arms pair runs by seed.
+criteria, the declared post-hoc ones, and the checks of the attribution beside them: does it name
+the features whose activation rises, is the style's span share above the null level and the
+oracle's, per data source), figures, and markdown. Differences between arms pair runs by seed;
+decodability is reported minus the oracle's.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ from matplotlib.figure import Figure
 from landscape import analysis
 from landscape import training
 from landscape.concept_attribution._arms import ARM_REGISTRY
+from landscape.concept_attribution._arms import roles_of
+from landscape.concept_attribution._criteria import DECLARED
 from landscape.concept_attribution._criteria import POST_HOC
 from landscape.concept_attribution._criteria import PREREGISTERED
 from landscape.concept_attribution._criteria import Evidence
+from landscape.concept_attribution._criteria import TopFeatureBounds
 from landscape.concept_attribution._criteria import Verdict
 from landscape.concept_attribution._criteria import evaluate_all
+from landscape.concept_attribution._criteria import mean_span_shares
 from landscape.concept_attribution._criteria import steps_to_threshold
+from landscape.concept_attribution._measures import SHARE_NAMES
 from landscape.concept_attribution._measures import SOURCES
-from landscape.concept_attribution._measures import group_shares
+from landscape.concept_attribution._measures import group_span_shares
 from landscape.concept_attribution._measures import rank_correlation
 from landscape.concept_attribution._results import LOSS
 from landscape.concept_attribution._results import SKILL_ACCURACY
@@ -38,11 +44,18 @@ from landscape.concept_attribution._results import STYLE_RATE
 from landscape.concept_attribution._results import ArmResult
 from landscape.concept_attribution._results import find
 from landscape.concept_attribution._results import load_results
-from landscape.concept_attribution._setting import GROUPS
+from landscape.concept_attribution._setting import FEATURE_SETS
+from landscape.concept_attribution._setting import GroupMasks
 from landscape.concept_attribution._setting import Setting
+from landscape.concept_attribution._setting import coverage_links
 
 DEFAULT_COMMAND = "landscape.concept_attribution.run(config, workdir)"
-GROUP_COLORS = {"style": "firebrick", "skill": "royalblue", "other": "gray", "random": "seagreen"}
+GROUP_COLORS = {"style": "firebrick", "skill": "royalblue", "other": "gray", "random": "seagreen",
+                "by_activation": "darkorange", "null": "black"}
+DOTTED = ("random", "by_activation", "null")  # the reference levels, drawn dotted
+# Criterion 1's numbers: the signed attribution's check asks its question of the other measure.
+TOP_FEATURES = next(criterion.bounds for criterion in PREREGISTERED
+                    if isinstance(criterion.bounds, TopFeatureBounds))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,43 +65,52 @@ class Checks:
   rank_correlation: per seed of plain fine-tuning, Spearman's correlation over features between the
     attributed squared magnitude summed over training and the rise of the feature's mean code on
     the fine-tuning probe set (end minus start); ``abs``: against the size of the change.
-  style_over_random: per seed of plain, the style group's share of the update minus the random
-    group's (the same number of features), averaged over the logged steps: above zero, the style
-    is attributed above the random features' level.
-  sources: source -> group -> the group's share of that source's gradient, averaged over the
+  style_over_null: per seed of plain, the style group's span share of the update minus the
+    null level (the mean over the null groups, random groups matched on activation to the style
+    group), averaged over the logged steps (paired).
+  oracle_style_share: the style group's span share of the oracle's update (the same examples
+    without the style: the no-style reference); style_over_oracle: plain's minus it, paired;
+    oracle_over_null: the oracle's style share minus its own null level, paired (the issue's
+    planted setting, the style absent from the fine-tuning data, against the random-feature
+    level).
+  sources: source -> feature set -> its span share of that source's gradient, averaged over the
     evaluations, per seed of plain.
-  live_style_share: the style group's share averaged over training, plain_live (None if not run).
+  live_style_share: the style group's span share averaged over training, plain_live, along the
+    live SAE's current spans (None if not run); live_minus_plain: it minus plain's (along the base
+    SAE's spans; the same updates at gain 1), paired; live_null: plain_live's null level along the
+    live spans.
   code_change_correlation: the same rank correlation for the signed attribution (the summed first-
-    order code change against the rise), added after the first, aborted default run.
-  code_change_style_in_top: per seed of plain, the style features among the top 5 by |summed code
-    change| up to step 50 (criterion 1 asked of the signed attribution; not pre-registered).
+    order code change against the rise).
+  code_change_style_in_top: per seed of plain, the style features among criterion 1's top
+    features by |summed code change| up to its step (criterion 1 asked of the signed attribution;
+    not pre-registered).
   code_change_by_group: group -> the mean per feature of the summed code change, plain.
   """
 
   rank_correlation: analysis.Estimate | None
   rank_correlation_abs: analysis.Estimate | None
-  style_over_random: analysis.Estimate | None
+  style_over_null: analysis.Estimate | None
   sources: dict[str, dict[str, analysis.Estimate]]
   live_style_share: analysis.Estimate | None
+  live_minus_plain: analysis.Estimate | None = None
+  live_null: analysis.Estimate | None = None
+  oracle_style_share: analysis.Estimate | None = None
+  style_over_oracle: analysis.Estimate | None = None
+  oracle_over_null: analysis.Estimate | None = None
   code_change_correlation: analysis.Estimate | None = None
   code_change_style_in_top: list[int] | None = None
   code_change_by_group: dict[str, analysis.Estimate] | None = None
 
 
-def mean_group_share(result: ArmResult, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """group -> (S,) its share of the update, averaged over the logged steps."""
-  _, share = result.attribution["share"]
-  return {group: values.mean(axis=0) for group, values in group_shares(share, masks).items()}
-
-
-def attribution_checks(results: Sequence[ArmResult], masks: dict[str, np.ndarray], *,
-                       arm: str = "plain") -> Checks:
-  """The checks of ``arm``'s attribution (plain fine-tuning in the report; ``oracle``, fine-tuned
-  without the style, is the planted setting in which the style should not stand out)."""
+def attribution_checks(results: Sequence[ArmResult], masks: GroupMasks, *,
+                       arm: str = "plain", reference: str = "oracle") -> Checks:
+  """The checks of ``arm``'s attribution (plain fine-tuning in the report), with ``reference``'s
+  style share as the no-style level (the oracle: fine-tuned on the same examples without the
+  style)."""
   plain = find(results, arm)
   live = find(results, "plain_live")
-  live_share = (None if live is None else
-                analysis.mean_interval(mean_group_share(live, masks)["style"]))
+  live_shares = None if live is None else mean_span_shares(live)
+  live_share = None if live is None else analysis.mean_interval(live_shares.style)
   if plain is None:
     return Checks(None, None, None, {}, live_share)
   _, magnitude = plain.attribution["magnitude"]
@@ -96,29 +118,43 @@ def attribution_checks(results: Sequence[ArmResult], masks: dict[str, np.ndarray
   rise = plain.mean_code[-1] - plain.mean_code[0]         # (S, F)
   correlations = [rank_correlation(attributed[seed], rise[seed]) for seed in range(len(rise))]
   absolute = [rank_correlation(attributed[seed], np.abs(rise[seed])) for seed in range(len(rise))]
-  shares = mean_group_share(plain, masks)
+  shares = mean_span_shares(plain)
+  live_checks = {}
+  if live is not None and live.seeds == plain.seeds:
+    live_checks = dict(live_minus_plain=analysis.paired_difference(live_shares.style,
+                                                                   shares.style),
+                       live_null=analysis.mean_interval(live_shares.null))
+  oracle = find(results, reference)
+  oracle_checks = {}
+  if oracle is not None and oracle.seeds == plain.seeds:
+    oracle_shares = mean_span_shares(oracle)
+    oracle_share = oracle_shares.style
+    oracle_checks = dict(
+        oracle_over_null=analysis.paired_difference(oracle_share, oracle_shares.null),
+        oracle_style_share=analysis.mean_interval(oracle_share),
+        style_over_oracle=analysis.paired_difference(shares.style, oracle_share))
   sources = {}
   for source in SOURCES:
     sources[source] = {}
-    for group in ("style", "skill", "other"):
-      name = f"source/{source}/{group}"
-      if name in plain.curves:
-        sources[source][group] = analysis.mean_interval(plain.curves[name][1].mean(axis=0))
+    for name in SHARE_NAMES:
+      metric = f"source/{source}/{name}"
+      if metric in plain.curves:
+        sources[source][name] = analysis.mean_interval(plain.curves[metric][1].mean(axis=0))
   code_checks = {}
   if "code_change" in plain.attribution:
     steps, code_change = plain.attribution["code_change"]
     summed = code_change.sum(axis=0)                      # (S, F)
-    early = np.abs(code_change[steps <= min(50, plain.steps)].sum(axis=0))
-    top = np.argsort(-early, axis=-1, kind="stable")[:, :5]
+    early = np.abs(code_change[steps <= min(TOP_FEATURES.by_step, plain.steps)].sum(axis=0))
+    top = np.argsort(-early, axis=-1, kind="stable")[:, :TOP_FEATURES.top]
     code_checks = dict(
         code_change_correlation=analysis.mean_interval(
             [rank_correlation(summed[seed], rise[seed]) for seed in range(len(rise))]),
-        code_change_style_in_top=masks["style"][top].sum(axis=-1).tolist(),
+        code_change_style_in_top=masks.style[top].sum(axis=-1).tolist(),
         code_change_by_group={group: analysis.mean_interval(summed[:, mask].mean(axis=-1))
-                              for group, mask in masks.items()})
+                              for group, mask in dataclasses.asdict(masks).items()})
   return Checks(analysis.mean_interval(correlations), analysis.mean_interval(absolute),
-                analysis.paired_difference(shares["style"], shares["random"]), sources,
-                live_share, **code_checks)
+                analysis.paired_difference(shares.style, shares.null), sources,
+                live_share, **live_checks, **oracle_checks, **code_checks)
 
 
 def _cell(estimate: analysis.Estimate | None, spec: str = ".3f") -> str:
@@ -127,20 +163,23 @@ def _cell(estimate: analysis.Estimate | None, spec: str = ".3f") -> str:
   return f"{estimate.mean:{spec}} [{estimate.low:{spec}}, {estimate.high:{spec}}]"
 
 
-def results_table(results: Sequence[ArmResult], masks: dict[str, np.ndarray],
-                  threshold: float) -> str:
+def results_table(results: Sequence[ArmResult], threshold: float) -> str:
   lines = ["| arm | family | style rate | style margin (nats/token) | skill accuracy | held-out "
-           f"loss | style share of update | skill share | steps to skill {threshold:g} |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "loss | style span share | skill span share | random control's | null level | steps "
+           f"to skill {threshold:g} |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for result in results:
-    shares = mean_group_share(result, masks)
+    shares = mean_span_shares(result)
     steps = analysis.mean_interval(steps_to_threshold(result, threshold))
     lines.append(
         f"| {result.label} | {result.family} | {_cell(result.estimate(STYLE_RATE))} | "
         f"{_cell(result.estimate(STYLE_MARGIN), '.2f')} | "
         f"{_cell(result.estimate(SKILL_ACCURACY))} | {_cell(result.estimate(LOSS))} | "
-        f"{_cell(analysis.mean_interval(shares['style']))} | "
-        f"{_cell(analysis.mean_interval(shares['skill']))} | {_cell(steps, '.0f')} |")
+        f"{_cell(analysis.mean_interval(shares.style))} | "
+        f"{_cell(analysis.mean_interval(shares.skill))} | "
+        f"{_cell(analysis.mean_interval(shares.random))} | "
+        f"{_cell(analysis.mean_interval(shares.null))} | "
+        f"{_cell(steps, '.0f')} |")
   return "\n".join(lines)
 
 
@@ -151,16 +190,32 @@ def arm_lines(results: Sequence[ArmResult]) -> list[str]:
           for arm in arms]
 
 
-def decodability_table(results: Sequence[ArmResult]) -> str:
+def decodability_table(results: Sequence[ArmResult], reference: str = "oracle") -> str:
+  """Per site, each arm's held-out decodability of the dialect minus ``reference``'s (paired by
+  seed), under the reference's own values: the dialect is written in the input tokens, so the
+  oracle, never trained on the style, reads it too; what an arm adds over it is what fine-tuning
+  on the style put there."""
   with_sites = [result for result in results if result.sites()]
   if not with_sites:
     return "(not measured: config.decodability_steps = 0)"
   sites = with_sites[0].sites()
+  oracle = find(with_sites, reference)
   lines = ["| arm | " + " | ".join(f"`{site}`" for site in sites) + " |",
            "|---|" + "---|" * len(sites)]
+  if oracle is None:
+    for result in with_sites:
+      cells = [f"{result.estimate(f'decodability/{site}').mean:.2f}" for site in sites]
+      lines.append(f"| {result.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+  cells = [_cell(oracle.estimate(f"decodability/{site}"), ".2f") for site in sites]
+  lines.append(f"| {oracle.label} (itself) | " + " | ".join(cells) + " |")
   for result in with_sites:
-    cells = [f"{result.estimate(f'decodability/{site}').mean:.2f}" for site in sites]
-    lines.append(f"| {result.label} | " + " | ".join(cells) + " |")
+    if result is oracle:
+      continue
+    cells = [_cell(analysis.paired_difference(result.final[f"decodability/{site}"],
+                                              oracle.final[f"decodability/{site}"]), "+.2f")
+             for site in sites]
+    lines.append(f"| {result.label} minus {oracle.label} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -171,24 +226,22 @@ def _band(axis, steps, values, color, label, linestyle="-"):
                     alpha=0.15, linewidth=0)
 
 
-def figure_attribution(results: Sequence[ArmResult], masks: dict[str, np.ndarray], path: str
-                       ) -> None:
-  """Per arm (plain, plain_live, suppress, suppress_live, amplify, when run): each group's share
-  of the update
-  over training, mean over seeds with its 95% band."""
+def figure_attribution(results: Sequence[ArmResult], path: str) -> None:
+  """Per arm (plain, oracle, plain_live, suppress, suppress_live, amplify, when run): each feature
+  set's span share of the update over training, mean over seeds with its 95% band."""
   shown = [result for result in (find(results, arm) for arm in
-                                 ("plain", "plain_live", "suppress", "suppress_live",
+                                 ("plain", "oracle", "plain_live", "suppress", "suppress_live",
                                   "amplify")) if result]
   figure = Figure(figsize=(4.5 * max(len(shown), 1), 3.8))
   axes = figure.subplots(1, max(len(shown), 1), squeeze=False)[0]
   for axis, result in zip(axes, shown):
-    steps, share = result.attribution["share"]
-    for group, values in group_shares(share, masks).items():
-      _band(axis, steps, values, GROUP_COLORS[group], group,
-            linestyle=":" if group == "random" else "-")
-    axis.set_title(f"{result.label}: share of the update", fontsize=9)
+    steps, share = result.attribution["span_share"]
+    for name, values in group_span_shares(share)._asdict().items():
+      _band(axis, steps, values, GROUP_COLORS[name], name,
+            linestyle=":" if name in DOTTED else "-")
+    spans = "live SAE's spans" if result.arm.endswith("_live") else "base SAE's spans"
+    axis.set_title(f"{result.label}: span share of the update\n(along the {spans})", fontsize=9)
     axis.set_xlabel("step")
-    axis.set_yscale("log")
     axis.grid(alpha=0.3)
   axes[-1].legend(fontsize=7)
   figure.tight_layout()
@@ -196,18 +249,19 @@ def figure_attribution(results: Sequence[ArmResult], masks: dict[str, np.ndarray
 
 
 def figure_sources(results: Sequence[ArmResult], path: str) -> None:
-  """Plain fine-tuning: each group's share of the gradient of each data source's batch."""
+  """Plain fine-tuning: each feature set's span share of the gradient of each data source's
+  batch."""
   plain = find(results, "plain")
   figure = Figure(figsize=(4.5 * len(SOURCES), 3.8))
   axes = figure.subplots(1, len(SOURCES), squeeze=False)[0]
   for axis, source in zip(axes, SOURCES):
-    for group in ("style", "skill", "other"):
-      name = f"source/{source}/{group}"
-      if plain is not None and name in plain.curves:
-        _band(axis, *plain.curves[name], GROUP_COLORS[group], group)
+    for name in SHARE_NAMES:
+      metric = f"source/{source}/{name}"
+      if plain is not None and metric in plain.curves:
+        _band(axis, *plain.curves[metric], GROUP_COLORS[name], name,
+              linestyle=":" if name in DOTTED else "-")
     axis.set_title(f"plain: gradient of {source} batches", fontsize=9)
     axis.set_xlabel("step")
-    axis.set_yscale("log")
     axis.grid(alpha=0.3)
   axes[-1].legend(fontsize=7)
   figure.tight_layout()
@@ -246,10 +300,13 @@ def _setting_lines(setting: Setting, config: ml_collections.ConfigDict) -> list[
       f"on the base model's activations over text of both dialects: FVE "
       f"{sae.fve:.3f}, L0 {sae.l0:.1f}, dead fraction "
       f"{sae.dead_fraction:.3f}. Fine-tuning: {config.steps} steps of correct "
-      f"sums, styled with probability {config.finetune.style_rate:g}.", "",
+      f"sums, styled with probability {config.finetune.style_rate:g}. One base model, one SAE "
+      "and one labelling serve every seed: the intervals leave out their variance.", "",
+      *_coverage_lines(setting, config), "",
       f"Labelling: the {config.group_size} features of highest paired t statistic of their mean "
       "code, pirate minus plain (one content in both dialects), are the style group; of the rest, "
-      "the highest Welch t statistic, correct sums against no arithmetic, the skill group. Style "
+      "the highest paired t statistic, the correct answer minus a wrong one (one set of plain "
+      "sums, only the answer token differs), the skill group. Style "
       f"features {groups.style.tolist()}, skill {groups.skill.tolist()}, random control "
       f"{groups.random.tolist()}, activation-only control {groups.by_activation.tolist()}."]
   if stability.style is not None and stability.skill is not None:
@@ -262,29 +319,62 @@ def _setting_lines(setting: Setting, config: ml_collections.ConfigDict) -> list[
   return lines
 
 
+def _coverage_lines(setting: Setting, config: ml_collections.ConfigDict) -> list[str]:
+  """Which parameters the gains and the attribution act on, read from the links themselves."""
+  roles = roles_of(config)
+  gains = coverage_links(setting.model, setting.site, setting.coverage, roles)[setting.site]
+  read = coverage_links(setting.model, setting.site, setting.coverage, ("writes",))[setting.site]
+  name = lambda link: "/".join(link.path) + ("" if link.index is None else f"[{link.index}]")
+  scope = ("every residual-stream site (the residual stream is one space)"
+           if setting.coverage == "stream" else f"`{setting.site}` only")
+  return [f"Coverage (`config.coverage = {setting.coverage!r}`): the links of {scope}. Gains act "
+          f"(roles {', '.join(roles)}) on {len(gains)} parameters: "
+          + ", ".join(f"`{name(link)}`" for link in gains)
+          + f". The attribution reads the {len(read)} writers among them. Outside both: the "
+          "LayerNorm scales and biases (elementwise, not maps into or out of the stream), the "
+          "attention and MLP parameters on their inner axes (heads, hidden units), and, with "
+          "site coverage, every parameter not linked to the site. The readers read LayerNorm's "
+          "output, in which a stream direction d appears as gamma * (d minus its mean): the span "
+          "the gains scale on a reader is the stream's, not mapped through gamma and the "
+          "centring, so the block is exact on writers and approximate on readers."]
+
+
 def _checks_lines(checks: Checks) -> list[str]:
   lines = ["## Does the attribution mean something?", "",
            "- Rank correlation (Spearman, over features, per seed of plain fine-tuning) between "
            "the attributed squared magnitude summed over training and the rise of the feature's "
            f"mean code on the fine-tuning probe set: {_cell(checks.rank_correlation)}; with the "
            f"size of the change: {_cell(checks.rank_correlation_abs)}.",
-           "- Style group's share of the update minus the random group's (as many features), "
-           f"plain, averaged over training (paired): {_cell(checks.style_over_random, '.4f')}.",
-           f"- With a live SAE (`plain_live`), the style group's share: "
-           f"{_cell(checks.live_style_share, '.4f')}.",
+           "- Span shares, plain, averaged over training: style minus the null level (the mean "
+           "over random groups matched on activation to the style group, paired) "
+           f"{_cell(checks.style_over_null, '+.4f')}; the oracle's style share (the no-"
+           f"style reference) {_cell(checks.oracle_style_share, '.4f')}, plain's minus it "
+           f"(paired) {_cell(checks.style_over_oracle, '+.4f')}.",
+           "- The issue's planted check (the style absent from the fine-tuning data: the oracle) "
+           "asks for no style attribution above the random-feature level. The oracle's style "
+           "span share minus its null level, paired: "
+           f"{_cell(checks.oracle_over_null, '+.4f')}.",
+           "- With a live SAE (`plain_live`: plain's updates, the SAE kept current on the "
+           "fine-tuning data), the style group's span share along the live SAE's current spans: "
+           f"{_cell(checks.live_style_share, '.4f')} (its null level along them "
+           f"{_cell(checks.live_null, '.4f')}); minus plain's along the base SAE's (paired): "
+           f"{_cell(checks.live_minus_plain, '+.4f')}. Per data source along the live SAE: not "
+           "measured.",
            "- Signed attribution (the first-order change of each feature's code on the probe "
            "examples, config.code_change_examples, that each update makes; added after the first, "
            "aborted default run, not "
            "pre-registered): rank correlation of its sum over training with the rise of the mean "
-           f"code {_cell(checks.code_change_correlation)}; style features among its top 5 by step "
-           f"50, per seed: {checks.code_change_style_in_top}; mean summed code change per feature "
+           f"code {_cell(checks.code_change_correlation)}; style features among its top "
+           f"{TOP_FEATURES.top} by step {TOP_FEATURES.by_step}, per seed: "
+           f"{checks.code_change_style_in_top}; mean summed code change per feature "
            "by group: " + ", ".join(f"{group} {_cell(value, '.4f')}" for group, value in
                                     (checks.code_change_by_group or {}).items()) + ".", "",
-           "Per data source (plain; the gradient each source's fixed batch gives, averaged over "
-           "the evaluations):", "", "| source | style | skill | other |", "|---|---|---|---|"]
-  for source, by_group in checks.sources.items():
-    lines.append(f"| {source} | " + " | ".join(_cell(by_group.get(group), ".4f")
-                                               for group in ("style", "skill", "other")) + " |")
+           "Per data source (plain; the span share of the gradient each source's fixed batch "
+           "gives, averaged over the evaluations):", "",
+           "| source | " + " | ".join(SHARE_NAMES) + " |", "|---|" + "---|" * len(SHARE_NAMES)]
+  for source, by_set in checks.sources.items():
+    lines.append(f"| {source} | " + " | ".join(_cell(by_set.get(name), ".4f")
+                                               for name in SHARE_NAMES) + " |")
   return lines
 
 
@@ -311,8 +401,8 @@ def _block_lines(results: Sequence[ArmResult]) -> list[str]:
 
 
 def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict],
-             post_hoc: Sequence[Verdict], checks: Checks, *,
-             setting: Setting, config: ml_collections.ConfigDict, masks: dict[str, np.ndarray],
+             post_hoc: Sequence[Verdict], declared: Sequence[Verdict], checks: Checks, *,
+             setting: Setting, config: ml_collections.ConfigDict, evidence: Evidence,
              seconds: float, device: str, command: str, overhead: dict[str, float] | None) -> str:
   lines = ["# What is each update teaching? Concept attribution over SAE features", "",
            f"Command: `{command}`", "",
@@ -325,21 +415,26 @@ def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict],
            *_setting_lines(setting, config), "",
            "Attribution (`transforms.attribute` over the SAE's decoder as a dictionary, after "
            "the arm's gains: the update applied): U stacks the update's vectors along the "
-           "site's axis of every matrix and bias that writes into the site; feature k's "
-           "magnitude is ||U d_k||, the update projected onto its decoder row d_k, and its share "
-           "||U d_k||^2 / (||U||^2 ||d_k||^2). Each feature is measured on its own row: this is "
-           "neither a decomposition of the update into a sum over features (the rows are "
-           "overcomplete and not orthogonal, so the shares of all features need not sum to 1) "
-           "nor the SAE's encoder. Logged every "
-           f"{config.attribution_log_every} steps; a group's share is the sum of its features' "
-           "shares. Style rate: the fraction of held-out arithmetic "
-           "prompts (a correct sum) whose styled continuation the model finds more probable than "
-           "the plain one; style margin: the mean log-probability difference per scored token.", "",
+           "stream's axis of every writer of the coverage; feature k's "
+           "magnitude is ||U d_k||, the update projected onto its decoder row d_k (criterion 1, "
+           "as pre-registered, ranks these over the writers of the SAE's site only, as the first "
+           "runs did; the declared check 1w over every writer of the coverage). A group's share "
+           "is its span share: the share of ||U||^2 in the span of "
+           "the group's decoder rows, ||U Q^T||^2 / ||U||^2 with Q an orthonormal basis of that "
+           f"span; {config.group_size} rows in {config.model.d_model} dimensions hold about "
+           f"{config.group_size / config.model.d_model:.2f} of an isotropic update; the null "
+           f"level is the mean span share of {config.null_groups} random groups of as many "
+           "active features, each feature drawn among the few nearest in mean code to one style "
+           "feature (matched on activation: the level to compare with). The live arms' span "
+           "shares are along the live SAE's current spans of the same groups. Logged every "
+           f"{config.attribution_log_every} steps. Style rate: the fraction of held-out "
+           "arithmetic prompts (a correct sum) whose styled continuation the model finds more "
+           "probable than the plain one; style margin: the mean log-probability difference per "
+           "scored token.", "",
            "Criteria (pre-registered): " + "; ".join(
-               f"{criterion.name.split('.')[0]}. {criterion.describe()}"
-               for criterion in PREREGISTERED)
-           + f". Skill threshold: accuracy {config.skill_threshold:g}.", "",
-           results_table(results, masks, config.skill_threshold), "",
+               f"{criterion.name.split('.')[0]}. {criterion.describe(evidence)}"
+               for criterion in PREREGISTERED) + ".", "",
+           results_table(results, config.skill_threshold), "",
            *arm_lines(results), "", "Criteria:", ""]
   lines += [f"- {verdict.sentence}" for verdict in verdicts]
   lines += ["", "Post hoc, declared (not pre-registered): criteria "
@@ -349,17 +444,29 @@ def markdown(results: Sequence[ArmResult], verdicts: Sequence[Verdict],
             f"instead of the style rate; {POST_HOC[0].post_hoc}. The margin does not saturate. "
             "The pre-registered judgements above stand as they are:", ""]
   lines += [f"- {verdict.sentence}" for verdict in post_hoc]
+  lines += ["", "Declared checks (not pre-registered):", ""]
+  lines += [f"- {criterion.name.split('.')[0]}. {criterion.describe(evidence)} ({criterion.post_hoc})."
+            for criterion in DECLARED]
+  lines += ["", "Judged:", ""]
+  lines += [f"- {verdict.sentence}" for verdict in declared]
   lines += ["", *_checks_lines(checks), "", *_block_lines(results), "",
             "## Decodability of the style after fine-tuning", "",
             "Held-out accuracy of a linear probe for the dialect at the last position (chance "
-            "0.5), at every site:", "", decodability_table(results), "",
+            "0.5), at every site. The dialect is written in the input tokens, so a model never "
+            "trained on the style reads it too: each arm is shown minus the oracle's (same "
+            "inputs, same base model and seeds, fine-tuned without the style; paired by seed), "
+            "the oracle's own values first. Above zero: fine-tuning on the style put more of it "
+            "there than the inputs alone give; near the oracle's ceiling the difference cannot "
+            "show it.", "", decodability_table(results), "",
             "![attribution over training](attribution.png)", "",
             "![per data source](sources.png)", "",
             "![style and skill over training](style_and_skill.png)", ""]
   if overhead is not None:
     lines += ["## Cost of the attribution", "",
               f"A fine-tuning step of one run with the decoder-row attribution over all "
-              f"{setting.sae.d_sae} features took {overhead['ratio']:.3f}x a step without it "
+              f"{setting.sae.d_sae} features and the span shares of the "
+              f"{len(FEATURE_SETS) + config.null_groups} groups (what every arm runs each step, "
+              f"besides the signed attribution) took {overhead['ratio']:.3f}x a step without them "
               f"({overhead['with_ms']:.2f} ms vs {overhead['without_ms']:.2f} ms); with the signed "
               f"code-change attribution too, {overhead['ratio_both']:.3f}x "
               f"({overhead['with_both_ms']:.2f} ms); median of {config.overhead_repeats} steps "
@@ -379,18 +486,18 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, setting: Setting, 
           overhead: dict[str, float] | None = None) -> dict[str, Any]:
   """Writes report.md, the figures, summary.json and metrics.jsonl; returns the summary."""
   results = load_results(workdir, arms, setting.site, config)
-  masks = {group: mask for group, mask in setting.groups.masks(setting.sae.d_sae).items()
-           if group in GROUPS + ("random",)}
-  evidence = Evidence(results, masks, config.skill_threshold)
+  masks = setting.groups.masks(setting.sae.d_sae)
+  evidence = Evidence(results, masks, config.skill_threshold, config.long_factor)
   verdicts = evaluate_all(evidence)
   post_hoc = evaluate_all(evidence, POST_HOC)
+  declared = evaluate_all(evidence, DECLARED)
   checks = attribution_checks(results, masks)
-  figure_attribution(results, masks, os.path.join(workdir, "attribution.png"))
+  figure_attribution(results, os.path.join(workdir, "attribution.png"))
   figure_sources(results, os.path.join(workdir, "sources.png"))
   figure_style_and_skill(results, os.path.join(workdir, "style_and_skill.png"))
-  text = markdown(results, verdicts, post_hoc, checks, setting=setting, config=config, masks=masks,
-                  seconds=seconds, device=_device(), command=command or DEFAULT_COMMAND,
-                  overhead=overhead)
+  text = markdown(results, verdicts, post_hoc, declared, checks, setting=setting, config=config,
+                  evidence=evidence, seconds=seconds, device=_device(),
+                  command=command or DEFAULT_COMMAND, overhead=overhead)
   with open(os.path.join(workdir, "report.md"), "w") as handle:
     handle.write(text)
   estimate = lambda value: None if value is None else dataclasses.asdict(value)
@@ -398,6 +505,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, setting: Setting, 
       "seconds": seconds, "num_seeds": config.num_seeds,
       "criteria": [verdict.as_dict() for verdict in verdicts],
       "post_hoc_criteria": [verdict.as_dict() for verdict in post_hoc],
+      "declared_checks": [verdict.as_dict() for verdict in declared],
       "groups": setting.groups.as_dict(), "stability": dataclasses.asdict(setting.stability),
       "sae": dataclasses.asdict(setting.sae_metrics), "overhead": overhead,
       "checks": {"rank_correlation": estimate(checks.rank_correlation),
@@ -406,8 +514,13 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, setting: Setting, 
                  "code_change_by_group": {group: estimate(value) for group, value in
                                           (checks.code_change_by_group or {}).items()},
                  "rank_correlation_abs": estimate(checks.rank_correlation_abs),
-                 "style_over_random": estimate(checks.style_over_random),
+                 "style_over_null": estimate(checks.style_over_null),
+                 "oracle_style_share": estimate(checks.oracle_style_share),
+                 "style_over_oracle": estimate(checks.style_over_oracle),
+                 "oracle_over_null": estimate(checks.oracle_over_null),
                  "live_style_share": estimate(checks.live_style_share),
+                 "live_minus_plain": estimate(checks.live_minus_plain),
+                 "live_null": estimate(checks.live_null),
                  "sources": {source: {group: estimate(value) for group, value in by_group.items()}
                              for source, by_group in checks.sources.items()}},
       "arms": {result.label: {"arm": result.arm, "family": result.family, "point": result.point,

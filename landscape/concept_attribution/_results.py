@@ -39,8 +39,10 @@ class ArmResult:
   point: its hyper-parameters. seeds: its runs' seeds, in order (the same across arms: runs pair by
   seed). final: metric -> (S,) at the end. curves: metric -> (steps (E,), values (E, S)) at every
   evaluation. attribution: name -> (steps (L,), values (L, S, ...)) for the logged transform
-  metrics of the site (``magnitude``, ``share``, ``code_change`` (L, S, F), ``total_share``,
-  ``norm``, ``activation_change`` (L, S)).
+  metrics of the site (``magnitude``, ``site_writer_magnitude``, ``share``, ``code_change``
+  (L, S, F), ``span_share``
+  (L, S, G + K): the feature sets' then the null groups', ``total_share``, ``norm``,
+  ``activation_change`` (L, S)).
   mean_code: (E, S, F) the features' mean code at every evaluation (steps of ``curves``).
   """
 

@@ -21,15 +21,17 @@ from landscape.concept_attribution._arms import job_grid
 from landscape.concept_attribution._arms import job_steps
 from landscape.concept_attribution._arms import jobs_of
 from landscape.concept_attribution._arms import plan_job
+from landscape.concept_attribution._setting import COVERAGES
 from landscape.concept_attribution._setting import Setting
 from landscape.concept_attribution._setting import build_setting
 from landscape.training import ConfigError
 
 # Config fields that shape every job's runs beyond the loop's own (recorded in each job's
 # config.json, so a rerun with any of them changed is refused rather than resumed).
-SETTING_FIELDS = ("world", "model", "site", "pretrain", "sae", "finetune", "group_size", "roles",
-                  "grids", "live", "learning_rate", "eval_size", "probe_size", "probe_seed",
-                  "source_batch_size", "decodability_steps", "long_factor", "code_change_examples")
+SETTING_FIELDS = ("world", "model", "site", "coverage", "null_groups", "pretrain", "sae",
+                  "finetune", "group_size", "roles", "grids", "live", "learning_rate", "eval_size",
+                  "probe_size", "probe_seed", "source_batch_size", "decodability_steps",
+                  "long_factor", "code_change_examples")
 
 
 def loop_config(config: ml_collections.ConfigDict, job: str) -> ml_collections.ConfigDict:
@@ -83,7 +85,7 @@ def run_job(job: str, setting: Setting, config: ml_collections.ConfigDict, workd
                  optimizer=plan.optimizer, dataset=plan.dataset, refreshers=plan.refreshers,
                  optimizer_extra_args=plan.optimizer_extra_args,
                  eval_metrics=objectives.CLASSIFICATION_METRICS,
-                 evaluators=evaluators.for_arm(setting, live=plan.live, final_step=loop.steps),
+                 evaluators=evaluators.for_arm(),
                  hparam_grid=grid, initial_params=setting.base_params, progress=False)
   logging.info("%s (%s): %.1f s", job, ", ".join(job_arms(job)), time.perf_counter() - start)
 
@@ -100,7 +102,19 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     raise ConfigError(f"config.num_seeds={config.num_seeds}: intervals over seeds need at least 2")
   training.check_positive(config, ["steps", "batch_size", "evaluations", "attribution_log_every",
                                    "group_size", "long_factor", "probe_size", "eval_size",
-                                   "source_batch_size", "learning_rate", "code_change_examples"])
+                                   "source_batch_size", "learning_rate", "code_change_examples",
+                                   "null_groups"])
+  if not isinstance(config.null_groups, int) or isinstance(config.null_groups, bool):
+    raise ConfigError(f"config.null_groups={config.null_groups!r}: expected an integer (how many "
+                      "null groups)")
+  if config.attribution_log_every > config.steps:
+    raise ConfigError(f"config.attribution_log_every={config.attribution_log_every} exceeds "
+                      f"config.steps={config.steps}: no attribution would be logged")
+  if config.coverage not in COVERAGES:
+    raise ConfigError(f"config.coverage={config.coverage!r}: expected one of {COVERAGES}")
+  if not 0.0 <= config.skill_threshold <= 1.0:
+    raise ConfigError(f"config.skill_threshold={config.skill_threshold}: an accuracy, expected in "
+                      "[0, 1]")
   if config.overhead_repeats < 0:
     raise ConfigError(f"config.overhead_repeats={config.overhead_repeats}: expected 0 (not "
                       "measured) or more")

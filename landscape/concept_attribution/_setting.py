@@ -1,5 +1,6 @@
 """The setting every arm fine-tunes in: the token world, the base GPT pre-trained on plain text, the
-SAE at its middle site, and the SAE's features labelled style, skill or other.
+SAE at its middle site, the SAE's features labelled style, skill or other, and the parameters the
+gains and the attribution act on (`coverage_links`).
 
 Built once per workdir and read back by later invocations: the base model is a `training.train`
 run in ``base/`` (resumed like any run), the SAEs and their labels are saved in ``sae/``.
@@ -26,11 +27,26 @@ from landscape import sae as sae_lib
 from landscape import sae_sources
 from landscape import training
 from landscape.data import _pirate_arithmetic as pirate
+from landscape.sites import BadInputError
+from landscape.sites import ParamLink
 
 GROUPS = ("style", "skill", "other")
-# The `FeatureGroups` fields a gain can act on, in the order of `FeatureSpans.bases_GxRxD`.
+# The `FeatureGroups` fields a gain can act on, in the order of `FeatureSpans.bases_GxRxD` (and of
+# the span shares, `_measures.span_share_attribution`).
 FEATURE_SETS = ("style", "skill", "random", "by_activation")
+COVERAGES = ("site", "stream")
 SAE_GROUP = "sae"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupMasks:
+  """(F,) bool masks of the feature groups: style, skill, the random control, and other (neither
+  style nor skill)."""
+
+  style: np.ndarray
+  skill: np.ndarray
+  random: np.ndarray
+  other: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +54,12 @@ class FeatureGroups:
   """The SAE's features, labelled by their activation difference between probe sets.
 
   style, skill: int64 indices (disjoint), each ``group_size`` long. random: as many features drawn
-    from the others (the random-feature control). by_activation: the most active features on the
-    fine-tuning probe set, chosen without the difference (the activation-only control).
+    from the others that are active on the probe sets (the random-feature control).
+    by_activation: the most active features on the fine-tuning probe set, chosen without the
+    difference (the activation-only control). null_groups: (K, group_size) K random groups, each
+    matched on activation to the style group (`activation_matched_group`); the mean of their span
+    shares is the null level of the span-share check (one random group's span depends on which
+    features it drew, and every seed shares it).
   style_score, skill_score: (F,) the labelling statistics (see `label_features`).
   style_vector: (D,) the style features' contribution to the site's mean activation, styled minus
     plain (the preventative steering vector).
@@ -52,16 +72,16 @@ class FeatureGroups:
   style_score: np.ndarray
   skill_score: np.ndarray
   style_vector: np.ndarray
+  null_groups: np.ndarray
 
-  def masks(self, d_sae: int) -> dict[str, np.ndarray]:
-    """group name -> (F,) bool, for "style", "skill", "other" (neither) and "random"."""
+  def masks(self, d_sae: int) -> GroupMasks:
+    """The groups as (F,) bool masks."""
     masks = {}
     for name in ("style", "skill", "random"):
       mask = np.zeros(d_sae, bool)
       mask[getattr(self, name)] = True
       masks[name] = mask
-    masks["other"] = ~(masks["style"] | masks["skill"])
-    return masks
+    return GroupMasks(**masks, other=~(masks["style"] | masks["skill"]))
 
   def as_dict(self) -> dict[str, Any]:
     return {field.name: np.asarray(getattr(self, field.name)).tolist()
@@ -74,14 +94,15 @@ class ProbeSets:
   from every training stream's.
 
   style_plain, style_pirate: one content (arithmetic with correct answers in half the examples)
-    rendered in each dialect. skill_with: correct sums; skill_without: no arithmetic; both plain.
-  finetune: the fine-tuning mix.
+    rendered in each dialect. skill_correct, skill_incorrect: one set of sums, plain, with the
+    correct answer and with a wrong one (`wrong_answers`): the same format and dialect, only the
+    answer differs. finetune: the fine-tuning mix.
   """
 
   style_plain: dict[str, np.ndarray]
   style_pirate: dict[str, np.ndarray]
-  skill_with: dict[str, np.ndarray]
-  skill_without: dict[str, np.ndarray]
+  skill_correct: dict[str, np.ndarray]
+  skill_incorrect: dict[str, np.ndarray]
   finetune: dict[str, np.ndarray]
 
   def items(self) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -125,9 +146,9 @@ class FeatureSpans:
   """Orthonormal bases of the spans of each feature set's decoder rows at the site, stacked in
   the order of ``FEATURE_SETS``: (G, R, D), R the group size (rows past a span's rank are zero).
 
-  The value the gain jobs' runs hold as state (`_arms.feature_spans`, kept by `training.FixedValue`)
-  and pick their spans from: data of the compiled program, so arms that differ only in which
-  features they scale share one program.
+  The value the gain jobs' runs hold as state (`_measures.feature_spans`, kept by
+  `training.FixedValue`) and pick their spans from: data of the compiled program, so arms that
+  differ only in which features they scale share one program.
   """
 
   bases_GxRxD: jax.Array
@@ -137,6 +158,7 @@ class FeatureSpans:
 class Setting:
   """Everything the arms share.
 
+  coverage: which parameters the gains and the attribution act on (`coverage_links`).
   saes: every SAE trained on the base model (label -> SAE); ``sae`` is the first, the one the arms
     use. stability: how the labelling agrees across the SAEs' seeds.
   """
@@ -144,6 +166,7 @@ class Setting:
   world: data.PirateArithmetic
   model: models.Model
   site: str
+  coverage: str
   base_params: Any
   sae: Any
   saes: dict[str, Any]
@@ -179,6 +202,39 @@ def finetune_dataset(config: ml_collections.ConfigDict, world: data.PirateArithm
       answer_weight=settings.answer_weight, name=name, eval_size=config.eval_size)
 
 
+def wrong_answers(world: data.PirateArithmetic, content: pirate.Content, key: jax.Array
+                  ) -> pirate.Content:
+  """``content`` (arithmetic, correct) with every answer replaced by a wrong digit, uniform over
+  the other M - 1: the same sums and prose, only the answer token differs."""
+  answer = content.problem[:, pirate.ANSWER_INDEX]
+  offset = jax.random.randint(key, answer.shape, 1, world.modulus)
+  problem = content.problem.at[:, pirate.ANSWER_INDEX].set((answer + offset) % world.modulus)
+  return content._replace(problem=problem, correct=jnp.zeros_like(content.correct))
+
+
+STYLE_RATE_HPARAM = "style_rate"
+
+
+def style_rate_dataset(config: ml_collections.ConfigDict, world: data.PirateArithmetic
+                       ) -> data.Dataset:
+  """The fine-tuning mix with each run's style rate its hyper-parameter ``style_rate``, so runs
+  with and without the style train in one program (the planted test's grid). Batch t is the
+  fine-tuning dataset's batch t at rate 1 and the oracle's at rate 0 (the same keys: the same
+  content, rendered plain); its evaluation sets are the fine-tuning dataset's."""
+  settings = config.finetune
+  base = finetune_dataset(config, world)
+
+  def sample(arrays, data_key, step, batch_size, hparams):
+    del arrays
+    content_key, style_key = jax.random.split(jax.random.fold_in(data_key, step))
+    content = pirate.sample_content(world, content_key, batch_size,
+                                    arithmetic_rate=settings.arithmetic_rate, correct_rate=1.0)
+    styled = jax.random.bernoulli(style_key, hparams[STYLE_RATE_HPARAM], (batch_size,))
+    return pirate.as_batch(world, content, styled, answer_weight=settings.answer_weight)
+
+  return dataclasses.replace(base, name="finetune[style_rate per run]", sampler=sample)
+
+
 def probe_sets(config: ml_collections.ConfigDict, world: data.PirateArithmetic) -> ProbeSets:
   """The fixed probe batches (see `ProbeSets`), ``config.probe_size`` examples each."""
   size = config.probe_size
@@ -186,16 +242,16 @@ def probe_sets(config: ml_collections.ConfigDict, world: data.PirateArithmetic) 
   keys = jax.random.split(key, 4)
   numpy = lambda batch: jax.tree_util.tree_map(np.asarray, batch)
   style_content = pirate.sample_content(world, keys[0], size, arithmetic_rate=0.5, correct_rate=1.0)
-  with_skill = pirate.sample_content(world, keys[1], size, arithmetic_rate=1.0, correct_rate=1.0)
-  without_skill = pirate.sample_content(world, keys[2], size, arithmetic_rate=0.0, correct_rate=1.0)
+  sums = pirate.sample_content(world, keys[1], size, arithmetic_rate=1.0, correct_rate=1.0)
+  wrong = wrong_answers(world, sums, keys[2])
   finetune = pirate.pirate_arithmetic_task(
       world, arithmetic_rate=config.finetune.arithmetic_rate, correct_rate=1.0,
       style_rate=config.finetune.style_rate,
       answer_weight=config.finetune.answer_weight)(keys[3], size)
   return ProbeSets(style_plain=numpy(pirate.as_batch(world, style_content, False)),
                    style_pirate=numpy(pirate.as_batch(world, style_content, True)),
-                   skill_with=numpy(pirate.as_batch(world, with_skill, False)),
-                   skill_without=numpy(pirate.as_batch(world, without_skill, False)),
+                   skill_correct=numpy(pirate.as_batch(world, sums, False)),
+                   skill_incorrect=numpy(pirate.as_batch(world, wrong, False)),
                    finetune=numpy(finetune))
 
 
@@ -223,6 +279,49 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, world: data.Pirate
   return training.load_params(base_dir, run=0)
 
 
+def residual_sites(site_names) -> list[str]:
+  """The model's residual-stream sites: ``embed`` and every ``*.resid_pre`` / ``*.resid_post``
+  (the GPT zoo's site names; another model would need its own list)."""
+  return [site for site in site_names
+          if site == "embed" or site.endswith((".resid_pre", ".resid_post"))]
+
+
+def coverage_links(model: models.Model, site: str, coverage: str, roles: tuple[str, ...]
+                   ) -> dict[str, tuple[ParamLink, ...]]:
+  """The links, keyed by ``site``, through which directions at ``site`` act on the parameters.
+
+  ``coverage="site"``: the site's own links (its writers are the previous block's outputs, its
+  readers the next block's inputs). ``coverage="stream"``: the links of every residual-stream site
+  (`residual_sites`), since in a pre-LayerNorm GPT the residual stream is one D-dimensional space
+  that every block reads and writes: the token and position embeddings, every block's
+  ``attention.out`` and ``mlp.out`` (writers), every block's ``attention.qkv`` and ``mlp.hidden``
+  and the unembedding (readers; the tied token table is both). Only links whose role is in
+  ``roles`` are kept, each (path, axis, stack index) once (the tied table's writer and reader
+  links act on the same axis: scaling it twice would square the gain).
+  """
+  unknown = set(roles) - {"writes", "reads"}
+  if coverage not in COVERAGES or unknown or not roles:
+    raise BadInputError(f"coverage_links: coverage={coverage!r} (expected one of {COVERAGES}), "
+                        f"roles={roles!r} (expected 'writes' and/or 'reads')")
+  site_links = model.site_links
+  sites = [site] if coverage == "site" else residual_sites(site_links)
+  kept, seen = [], set()
+  for role in ("writes", "reads"):
+    if role not in roles:
+      continue
+    for name in sites:
+      for link in site_links[name]:
+        path = (link.path,) if isinstance(link.path, str) else tuple(link.path)
+        key = (path, link.axis, link.index)
+        if link.role == role and key not in seen:
+          seen.add(key)
+          kept.append(link)
+  if not kept:
+    raise BadInputError(f"coverage_links: coverage={coverage!r} with roles={roles!r} links no "
+                        f"parameter at {site!r} (residual sites found: {sites})")
+  return {site: tuple(kept)}
+
+
 def site_codes(sae: Any, model: models.Model, params: Any, inputs: jax.Array, site: str
                ) -> jax.Array:
   """(B, F) each example's SAE codes at ``site``, averaged over positions; traceable."""
@@ -230,38 +329,76 @@ def site_codes(sae: Any, model: models.Model, params: Any, inputs: jax.Array, si
   return jnp.mean(sae.encode(acts[site].astype(jnp.float32)), axis=1)
 
 
+def paired_t(difference_BxF: np.ndarray) -> np.ndarray:
+  """(F,) the paired t statistic of each column's mean; 0 where the column does not vary."""
+  spread = difference_BxF.std(axis=0, ddof=1) / np.sqrt(len(difference_BxF))
+  return np.where(spread > 0, difference_BxF.mean(axis=0) / np.where(spread > 0, spread, 1), 0.0)
+
+
+MATCH_NEIGHBOURS = 3  # a null feature is drawn among this many pool features nearest in activity
+
+
+def activation_matched_group(features: np.ndarray, pool: np.ndarray, activity: np.ndarray,
+                             rng: np.random.Generator) -> np.ndarray:
+  """A random group matched on activation to ``features``: for each of them (in random order), one
+  feature of ``pool`` not drawn yet, uniform among the ``MATCH_NEIGHBOURS`` nearest in ``activity``
+  (F,) (the mean code on the probe sets). Sorted int64 indices, as many as ``features``.
+
+  Raises:
+    BadInputError: a pool smaller than ``features``.
+  """
+  if len(pool) < len(features):
+    raise BadInputError(f"activation_matched_group: pool of {len(pool)} features for a group of "
+                        f"{len(features)}")
+  chosen, left = [], np.asarray(pool)
+  for feature in rng.permutation(np.asarray(features)):
+    nearest = np.argsort(np.abs(activity[left] - activity[feature]), kind="stable")
+    pick = nearest[rng.integers(min(MATCH_NEIGHBOURS, len(left)))]
+    chosen.append(left[pick])
+    left = np.delete(left, pick)
+  return np.sort(np.asarray(chosen, np.int64))
+
+
 def label_features(sae: Any, model: models.Model, params: Any, probes: ProbeSets, *, site: str,
-                   group_size: int, seed: int) -> FeatureGroups:
-  """Style and skill features by activation difference between probe sets.
+                   group_size: int, seed: int, null_groups: int = 0) -> FeatureGroups:
+  """Style and skill features by activation difference between paired probe sets.
 
   Style score: the paired t statistic over examples of (mean code styled - mean code plain), one
-  content rendered in both dialects. Skill score: Welch's t statistic of the mean code with correct
-  sums against without arithmetic. The ``group_size`` features of highest style score are the style
-  group; of the rest, those of highest skill score the skill group. A feature never active on the
-  probes scores 0.
+  content rendered in both dialects. Skill score: the paired t statistic of (mean code with the
+  correct answer - with a wrong one), one set of plain sums differing only in the answer token (so
+  the format and the dialect cancel). The ``group_size`` features of highest style score are the
+  style group; of the rest, those of highest skill score the skill group. A feature whose
+  difference never varies scores 0. The random control is drawn (generator ``seed``) from the
+  remaining features active on the probe sets (all remaining ones when fewer than ``group_size``
+  are): a dead feature's row is a direction no activation uses. Each of the ``null_groups`` null
+  groups is drawn from the same pool matched on activation to the style group
+  (`activation_matched_group`, on the mean code over every probe set): updates lean towards
+  active directions, and the style features are among the most active, so a uniform draw gives a
+  null level the style's rows beat for that reason alone.
   """
   codes_of = jax.jit(lambda sae, params, inputs: site_codes(sae, model, params, inputs, site))
   codes = {name: np.asarray(codes_of(sae, params, jnp.asarray(batch["inputs"])), np.float64)
            for name, batch in probes.items()}
   difference = codes["style_pirate"] - codes["style_plain"]
-  spread = difference.std(axis=0, ddof=1) / np.sqrt(len(difference))
-  style_score = np.where(spread > 0, difference.mean(axis=0) / np.where(spread > 0, spread, 1), 0)
-  with_skill, without = codes["skill_with"], codes["skill_without"]
-  spread = np.sqrt(with_skill.var(axis=0, ddof=1) / len(with_skill)
-                   + without.var(axis=0, ddof=1) / len(without))
-  skill_score = np.where(spread > 0, (with_skill.mean(0) - without.mean(0))
-                         / np.where(spread > 0, spread, 1), 0)
+  style_score = paired_t(difference)
+  skill_score = paired_t(codes["skill_correct"] - codes["skill_incorrect"])
   style = np.argsort(-style_score, kind="stable")[:group_size]
   remaining = np.setdiff1d(np.arange(sae.d_sae), style)
   skill = remaining[np.argsort(-skill_score[remaining], kind="stable")[:group_size]]
   others = np.setdiff1d(remaining, skill)
-  random = np.sort(np.random.default_rng(seed).choice(others, size=group_size, replace=False))
+  activity = np.mean(np.stack([values.mean(axis=0) for values in codes.values()]), axis=0)
+  live = others[activity[others] > 0]
+  pool = live if len(live) >= group_size else others
+  rng = np.random.default_rng(seed)
+  random = np.sort(rng.choice(pool, size=group_size, replace=False))
+  null = np.stack([activation_matched_group(style, pool, activity, rng)
+                   for _ in range(null_groups)]) if null_groups else np.zeros((0, group_size), int)
   by_activation = np.argsort(-codes["finetune"].mean(axis=0), kind="stable")[:group_size]
   decoder = np.asarray(sae.W_dec, np.float64)
   style_vector = difference.mean(axis=0)[style] @ decoder[style]
   return FeatureGroups(style=np.sort(style), skill=np.sort(skill), random=random,
                        by_activation=np.sort(by_activation), style_score=style_score,
-                       skill_score=skill_score, style_vector=style_vector)
+                       skill_score=skill_score, style_vector=style_vector, null_groups=null)
 
 
 def labelling_stability(saes: Mapping[str, Any], labelled: Mapping[str, FeatureGroups]
@@ -372,7 +509,8 @@ def build_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
                                                     metrics=dataclasses.asdict(sae_metrics)))
   probes = probe_sets(config, world)
   labelled = {label: label_features(sae, model, base_params, probes, site=site,
-                                    group_size=config.group_size, seed=config.seed + 1000)
+                                    group_size=config.group_size, seed=config.seed + 1000,
+                                    null_groups=config.null_groups)
               for label, sae in saes.items()}
   first = next(iter(saes))
   groups = labelled[first]
@@ -381,7 +519,8 @@ def build_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
                                  dict(groups=groups.as_dict(),
                                       stability=dataclasses.asdict(stability),
                                       sae_metrics=dataclasses.asdict(sae_metrics)))
-  return Setting(world=world, model=model, site=site, base_params=base_params, sae=saes[first],
+  return Setting(world=world, model=model, site=site, coverage=config.coverage,
+                 base_params=base_params, sae=saes[first],
                  saes=dict(saes), groups=groups, stability=stability,
                  finetune=finetune_dataset(config, world),
                  oracle=finetune_dataset(config, world, style_rate=0.0, name="oracle"),
