@@ -14,11 +14,13 @@ style).
 Presets: "" (every arm, 5 seeds, a 2-layer GPT of width 32 and a 128-feature SAE; at most 15
 minutes on a 2-core CPU), "smoke" (every arm, 2 seeds, a 1-layer GPT, a few steps, no timing of
 the attribution's cost: mostly compilation, for tests), "planted" (the default with the style
-absent from the fine-tuning data, the issue's planted setting: the report's "style minus null
-level" is then the planted check, no style attribution above the random-feature level; at smoke
-size that check is not met, and the test asks instead that the style's share over the null level
-rise with the style in the data, paired by seed on 16 seeds), "gpu" (a 4-layer GPT of width 256, a
-16,384-feature SAE at its middle, a larger vocabulary and longer prose, 1,000 fine-tuning steps: sized for one GPU, not
+absent from the fine-tuning data, the issue's planted setting: plain's style levels over the
+random-feature levels in the report, span share minus the null level and the signed code change
+minus the random control group's and the null level, are then the planted check, no style
+attribution above the random-feature level; on 16 smoke seeds the tests find the signed check met
+and the span-share one not, and ask of the span shares that the style's excess rise with the style
+in the data, paired by seed), "gpu" (a 4-layer GPT of width 256, a 16,384-feature SAE at its
+middle, a larger vocabulary and longer prose, 1,000 fine-tuning steps: sized for one GPU, not
 tuned; its config is validated by the tests, never trained there).
 Arms that differ only in which features their gains act on and in the gains train as one job (one
 program); asking for one of them trains the whole job. Rerunning the same command resumes: the base

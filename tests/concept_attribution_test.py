@@ -1,12 +1,20 @@
 """The concept-attribution experiment end to end on the smoke preset: every arm runs, the report's
 numbers and criteria come from the run's own files (the expected verdicts recomputed here from the
-files with NumPy and SciPy, not with the judges' code), the foundation's contract holds, and a
-planted test: the style's span share over the null level is higher when the style is in the
-fine-tuning data than in the planted setting without it, paired by seed (the issue's literal
-planted check, no style attribution above the random-feature level without the style, is not met
-at smoke size: the report prints it as the oracle's style share minus its null level). One run of
-the smoke preset serves every test (mostly compilation), and one more program trains the planted
-test's grid."""
+files with NumPy and SciPy, not with the judges' code), the foundation's contract holds, and the
+planted tests, on 16 seeds with the style in the fine-tuning data and 16 without it (the planted
+setting), paired by seed:
+
+* the issue's planted check on the signed attribution (the first-order change of the features'
+  codes): without the style, the style features' attribution is not above the random-feature
+  level (the random control group's, and the null level), while with the style it is above the
+  random control group's (so the check can fail);
+* on the unsigned span shares the literal check is not met at smoke size (the oracle's style
+  share is above its null level: an update may move along the style span to lower it, and an
+  unsigned share counts that too); what is asserted of them is that the style's excess over the
+  null level is higher with the style in the data than without.
+
+One run of the smoke preset serves every test (mostly compilation), and one more program trains
+the planted tests' grid."""
 
 import json
 import math
@@ -238,6 +246,16 @@ class SmokeTest(absltest.TestCase):
     mean, low, high = _interval(oracle_style - oracle_null)
     self.assertAlmostEqual(summary["checks"]["oracle_over_null"]["mean"], mean, places=6)
     self.assertIn(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]", self.report)
+    # The planted check on the signed attribution: the oracle's style code change minus the random
+    # control group's, from the logs.
+    masks = self.masks_from_files()
+    _, _, logged, runs = self.arm_files("oracle")
+    summed = np.stack([np.asarray(row[f"transform2/{SITE}/code_change"])[runs]
+                       for row in logged]).sum(0)
+    mean, low, high = _interval(summed[:, masks.style].mean(-1) - summed[:, masks.random].mean(-1))
+    saved = summary["checks"]["oracle_code_change_excess"]["over_random"]
+    self.assertAlmostEqual(saved["mean"], mean, places=6)
+    self.assertIn(f"the oracle {mean:+.4f} [{low:+.4f}, {high:+.4f}] / ", self.report)
 
   def test_rerun_reads_back_and_a_different_setting_is_refused(self):
     written = {job: os.stat(os.path.join(self.workdir, "arms", job, "metrics.jsonl")).st_mtime_ns
@@ -271,32 +289,58 @@ class SmokeTest(absltest.TestCase):
     with self.assertRaisesRegex(ConfigError, "config.roles"):
       concept_attribution.run(config, tempfile.mkdtemp())
 
-  def test_planted_style_share_rises_with_the_style_in_the_data(self):
-    # One program: the smoke budget with the style (rate 1) and without it (rate 0, the planted
-    # setting: the oracle's data), 16 seeds each on the smoke base model and SAE. Each seed sees
-    # the same content at both rates (`style_rate_dataset`), so the two pair by seed.
-    setting = _setting.build_setting(self.config, self.workdir)
-    plan = _arms.plan_job("oracle", setting, self.config)
-    loop = _run.loop_config(self.config, "oracle")
-    loop.num_seeds = 16
+  def planted_grid(self, metric):
+    """``metric``'s logged values over the planted grid, per run: (styled, planted), each
+    (T, 16, ...) with the runs in seed order. One program, trained on first use: the smoke budget
+    with the style (rate 1) and without it (rate 0, the planted setting: the oracle's data), 16
+    seeds each on the smoke base model and SAE. Each seed sees the same content at both rates
+    (`style_rate_dataset`), so the two pair by seed."""
     grid_dir = os.path.join(self.workdir, "planted_grid")
-    training.train(loop, grid_dir, model=setting.model, objective=plan.objective,
-                   optimizer=plan.optimizer,
-                   dataset=_setting.style_rate_dataset(self.config, setting.world),
-                   hparam_grid=[{"style_rate": 1.0}, {"style_rate": 0.0}],
-                   initial_params=setting.base_params, progress=False)
+    if not os.path.exists(os.path.join(grid_dir, "summary.json")):
+      setting = _setting.build_setting(self.config, self.workdir)
+      plan = _arms.plan_job("oracle", setting, self.config)
+      loop = _run.loop_config(self.config, "oracle")
+      loop.num_seeds = 16
+      training.train(loop, grid_dir, model=setting.model, objective=plan.objective,
+                     optimizer=plan.optimizer,
+                     dataset=_setting.style_rate_dataset(self.config, setting.world),
+                     hparam_grid=[{"style_rate": 1.0}, {"style_rate": 0.0}],
+                     initial_params=setting.base_params, progress=False)
     with open(os.path.join(grid_dir, "summary.json")) as handle:
       runs = json.load(handle)["runs"]
-    rows = [row for row in read_jsonl(os.path.join(grid_dir, "metrics.jsonl"))
-            if f"transform1/{SITE}/span_share" in row]
-    shares = np.stack([np.asarray(row[f"transform1/{SITE}/span_share"]) for row in rows])
-    # Per run: the style's span share above the null level (the mean of the null groups',
-    # matched on activation), averaged over the logged steps.
-    excess = shares[..., 0].mean(0) - shares[..., 4:].mean(-1).mean(0)
+    values = np.stack([np.asarray(row[metric]) for row in
+                       read_jsonl(os.path.join(grid_dir, "metrics.jsonl")) if metric in row])
     rate = np.array([run["style_rate"] for run in runs])
     seed = np.array([run["seed"] for run in runs])
-    styled, planted = (excess[rate == rate_value][np.argsort(seed[rate == rate_value])]
-                       for rate_value in (1.0, 0.0))
+    return tuple(values[:, rate == rate_value][:, np.argsort(seed[rate == rate_value])]
+                 for rate_value in (1.0, 0.0))
+
+  def test_planted_no_signed_style_attribution_above_random_features(self):
+    # Per run: the style features' code change summed over training, their mean per feature,
+    # minus the random control group's and minus the null level (the mean over the null groups).
+    groups = self.masks_from_files()
+    with open(os.path.join(self.workdir, "sae", "features.json")) as handle:
+      null_groups = np.asarray(json.load(handle)["groups"]["null_groups"])
+    styled, planted = (summed.sum(0) for summed in
+                       self.planted_grid(f"transform2/{SITE}/code_change"))
+
+    def excess(summed):
+      style = summed[:, groups.style].mean(-1)
+      return (style - summed[:, groups.random].mean(-1),
+              style - summed[:, null_groups].mean(-1).mean(-1))
+
+    for name, planted_excess in zip(("random control", "null level"), excess(planted)):
+      # The issue's check: without the style, no style attribution above the random-feature level
+      # (asserted as the whole paired interval at or below it; smoke size gives it below).
+      self.assertLessEqual(_interval(planted_excess)[1], 0.0, (name, planted_excess))
+    # It can fail: with the style in the data, the same measure is above the random control's.
+    self.assertGreater(_interval(excess(styled)[0])[1], 0.0, styled)
+
+  def test_planted_style_share_rises_with_the_style_in_the_data(self):
+    # Per run: the style's span share above the null level (the mean of the null groups',
+    # matched on activation), averaged over the logged steps.
+    styled, planted = (shares[..., 0].mean(0) - shares[..., 4:].mean(-1).mean(0) for shares in
+                       self.planted_grid(f"transform1/{SITE}/span_share"))
 
     def above(first, second):
       """The paired 95% interval of first minus second lies above zero."""

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -58,6 +58,31 @@ TOP_FEATURES = next(criterion.bounds for criterion in PREREGISTERED
                     if isinstance(criterion.bounds, TopFeatureBounds))
 
 
+class CodeChangeExcess(NamedTuple):
+  """The signed attribution's style level over the random-feature levels, paired by seed: the style
+  group's summed code change per feature (over training) minus the random control group's
+  (``over_random``) and minus the null level's (``over_null``, the mean over the null groups; None
+  without null groups)."""
+
+  over_random: analysis.Estimate
+  over_null: analysis.Estimate | None
+
+
+def code_change_excess(result: ArmResult, masks: GroupMasks,
+                       null_groups: np.ndarray | None) -> CodeChangeExcess | None:
+  """`CodeChangeExcess` of ``result`` (None if it logged no code change)."""
+  if "code_change" not in result.attribution:
+    return None
+  summed = result.attribution["code_change"][1].sum(axis=0)            # (S, F)
+  style = summed[:, masks.style].mean(axis=-1)
+  over_null = None
+  if null_groups is not None and len(null_groups):
+    null = summed[:, np.asarray(null_groups)].mean(axis=-1).mean(axis=-1)
+    over_null = analysis.paired_difference(style, null)
+  return CodeChangeExcess(analysis.paired_difference(style, summed[:, masks.random].mean(axis=-1)),
+                          over_null)
+
+
 @dataclasses.dataclass(frozen=True)
 class Checks:
   """The attribution's own checks (not criteria).
@@ -73,6 +98,8 @@ class Checks:
     oracle_over_null: the oracle's style share minus its own null level, paired (the issue's
     planted setting, the style absent from the fine-tuning data, against the random-feature
     level).
+  oracle_code_change_excess: the planted check on the signed attribution: the oracle's
+    `CodeChangeExcess`; code_change_excess: plain's (the style in the data), beside it.
   sources: source -> feature set -> its span share of that source's gradient, averaged over the
     evaluations, per seed of plain.
   live_style_share: the style group's span share averaged over training, plain_live, along the
@@ -100,13 +127,17 @@ class Checks:
   code_change_correlation: analysis.Estimate | None = None
   code_change_style_in_top: list[int] | None = None
   code_change_by_group: dict[str, analysis.Estimate] | None = None
+  code_change_excess: CodeChangeExcess | None = None
+  oracle_code_change_excess: CodeChangeExcess | None = None
 
 
 def attribution_checks(results: Sequence[ArmResult], masks: GroupMasks, *,
-                       arm: str = "plain", reference: str = "oracle") -> Checks:
+                       null_groups: np.ndarray | None = None, arm: str = "plain",
+                       reference: str = "oracle") -> Checks:
   """The checks of ``arm``'s attribution (plain fine-tuning in the report), with ``reference``'s
   style share as the no-style level (the oracle: fine-tuned on the same examples without the
-  style)."""
+  style); ``null_groups``: (K, G) feature indices, the null groups whose mean is the signed
+  attribution's null level (None: no null level)."""
   plain = find(results, arm)
   live = find(results, "plain_live")
   live_shares = None if live is None else mean_span_shares(live)
@@ -132,7 +163,8 @@ def attribution_checks(results: Sequence[ArmResult], masks: GroupMasks, *,
     oracle_checks = dict(
         oracle_over_null=analysis.paired_difference(oracle_share, oracle_shares.null),
         oracle_style_share=analysis.mean_interval(oracle_share),
-        style_over_oracle=analysis.paired_difference(shares.style, oracle_share))
+        style_over_oracle=analysis.paired_difference(shares.style, oracle_share),
+        oracle_code_change_excess=code_change_excess(oracle, masks, null_groups))
   sources = {}
   for source in SOURCES:
     sources[source] = {}
@@ -151,7 +183,8 @@ def attribution_checks(results: Sequence[ArmResult], masks: GroupMasks, *,
             [rank_correlation(summed[seed], rise[seed]) for seed in range(len(rise))]),
         code_change_style_in_top=masks.style[top].sum(axis=-1).tolist(),
         code_change_by_group={group: analysis.mean_interval(summed[:, mask].mean(axis=-1))
-                              for group, mask in dataclasses.asdict(masks).items()})
+                              for group, mask in dataclasses.asdict(masks).items()},
+        code_change_excess=code_change_excess(plain, masks, null_groups))
   return Checks(analysis.mean_interval(correlations), analysis.mean_interval(absolute),
                 analysis.paired_difference(shares.style, shares.null), sources,
                 live_share, **live_checks, **oracle_checks, **code_checks)
@@ -339,6 +372,12 @@ def _coverage_lines(setting: Setting, config: ml_collections.ConfigDict) -> list
           "centring, so the block is exact on writers and approximate on readers."]
 
 
+def _excess_cells(excess: CodeChangeExcess | None) -> str:
+  if excess is None:
+    return "- / -"
+  return f"{_cell(excess.over_random, '+.4f')} / {_cell(excess.over_null, '+.4f')}"
+
+
 def _checks_lines(checks: Checks) -> list[str]:
   lines = ["## Does the attribution mean something?", "",
            "- Rank correlation (Spearman, over features, per seed of plain fine-tuning) between "
@@ -353,7 +392,11 @@ def _checks_lines(checks: Checks) -> list[str]:
            "- The issue's planted check (the style absent from the fine-tuning data: the oracle) "
            "asks for no style attribution above the random-feature level. The oracle's style "
            "span share minus its null level, paired: "
-           f"{_cell(checks.oracle_over_null, '+.4f')}.",
+           f"{_cell(checks.oracle_over_null, '+.4f')}. On the signed attribution (below), the "
+           "style group's summed code change per feature minus the random control group's and "
+           "minus the null level's, paired: the oracle "
+           f"{_excess_cells(checks.oracle_code_change_excess)}; plain, with the style in the "
+           f"data, {_excess_cells(checks.code_change_excess)}.",
            "- With a live SAE (`plain_live`: plain's updates, the SAE kept current on the "
            "fine-tuning data), the style group's span share along the live SAE's current spans: "
            f"{_cell(checks.live_style_share, '.4f')} (its null level along them "
@@ -491,7 +534,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, setting: Setting, 
   verdicts = evaluate_all(evidence)
   post_hoc = evaluate_all(evidence, POST_HOC)
   declared = evaluate_all(evidence, DECLARED)
-  checks = attribution_checks(results, masks)
+  checks = attribution_checks(results, masks, null_groups=setting.groups.null_groups)
   figure_attribution(results, os.path.join(workdir, "attribution.png"))
   figure_sources(results, os.path.join(workdir, "sources.png"))
   figure_style_and_skill(results, os.path.join(workdir, "style_and_skill.png"))
@@ -501,6 +544,8 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, setting: Setting, 
   with open(os.path.join(workdir, "report.md"), "w") as handle:
     handle.write(text)
   estimate = lambda value: None if value is None else dataclasses.asdict(value)
+  excess = lambda value: None if value is None else {
+      "over_random": estimate(value.over_random), "over_null": estimate(value.over_null)}
   summary = {
       "seconds": seconds, "num_seeds": config.num_seeds,
       "criteria": [verdict.as_dict() for verdict in verdicts],
@@ -518,6 +563,8 @@ def write(config: ml_collections.ConfigDict, workdir: str, *, setting: Setting, 
                  "oracle_style_share": estimate(checks.oracle_style_share),
                  "style_over_oracle": estimate(checks.style_over_oracle),
                  "oracle_over_null": estimate(checks.oracle_over_null),
+                 "oracle_code_change_excess": excess(checks.oracle_code_change_excess),
+                 "code_change_excess": excess(checks.code_change_excess),
                  "live_style_share": estimate(checks.live_style_share),
                  "live_minus_plain": estimate(checks.live_minus_plain),
                  "live_null": estimate(checks.live_null),
