@@ -332,7 +332,7 @@ class SmokeTest(absltest.TestCase):
     for name, planted_excess in zip(("random control", "null level"), excess(planted)):
       # The check: without the style, no style attribution above the random-feature level
       # (asserted as the whole paired interval at or below it; smoke size gives it below).
-      self.assertLessEqual(_interval(planted_excess)[1], 0.0, (name, planted_excess))
+      self.assertLessEqual(_interval(planted_excess)[2], 0.0, (name, planted_excess))
     # It can fail: with the style in the data, the same measure is above the random control's.
     self.assertGreater(_interval(excess(styled)[0])[1], 0.0, styled)
 
